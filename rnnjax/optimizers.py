@@ -1,0 +1,129 @@
+"""Optimizers and learning-rate schedules by name, as optax transformations.
+
+``make(name, learning_rate, *, schedule="constant", steps=..., ...)`` returns an
+optax ``GradientTransformation`` whose state holds the peak learning rate as
+an array (``optax.inject_hyperparams``). Keeping the rate in the state, not in
+the Python closure, lets one compiled step serve many learning rates: a sweep
+stacks states that differ only in that value and vmaps the step
+(:mod:`rnnjax.sweep`). The schedule multiplies the peak rate by a shape that
+starts (or, after warmup, peaks) at 1.
+
+Names: sgd, momentum, nesterov, rmsprop, adam, adamw.
+Schedules: constant, cosine, warmup_cosine, exponential, step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "step")
+
+
+def schedule_shape(
+    schedule: str,
+    *,
+    steps: int | None = None,
+    warmup_steps: int = 0,
+    decay_rate: float = 0.5,
+    decay_steps: int | None = None,
+    end_fraction: float = 0.0,
+) -> optax.Schedule:
+    """A schedule with peak value 1 (multiply by the peak learning rate).
+
+    constant: 1. cosine: 1 -> end_fraction over ``steps``. warmup_cosine: 0 -> 1
+    linearly over ``warmup_steps``, then cosine to end_fraction at ``steps``.
+    exponential: decay_rate ** (t / decay_steps), smooth. step: the same with
+    ``t // decay_steps`` (staircase).
+    """
+    if schedule == "constant":
+        return optax.constant_schedule(1.0)
+    if schedule in ("cosine", "warmup_cosine"):
+        if not steps or steps < 1:
+            raise ValueError(f"schedule {schedule!r} needs steps >= 1 (the decay length), got {steps!r}")
+        if schedule == "cosine":
+            return optax.cosine_decay_schedule(1.0, steps, alpha=end_fraction)
+        if not 0 <= warmup_steps < steps:
+            raise ValueError(f"warmup_steps must be in [0, steps={steps}), got {warmup_steps!r}")
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, steps, end_value=end_fraction)
+    if schedule in ("exponential", "step"):
+        decay_steps = decay_steps or (max(1, steps // 4) if steps else None)
+        if not decay_steps:
+            raise ValueError(f"schedule {schedule!r} needs decay_steps or steps")
+        if not 0 < decay_rate <= 1:
+            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate!r}")
+        return optax.exponential_decay(1.0, decay_steps, decay_rate, staircase=schedule == "step")
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
+
+
+def _base(name: str, momentum: float, weight_decay: float, b1: float, b2: float,
+          eps: float, decay: float) -> optax.GradientTransformation:
+    """The optimizer's direction, without the (negative) learning rate."""
+    if name == "sgd":
+        return optax.identity()
+    if name == "momentum":
+        return optax.trace(decay=momentum, nesterov=False)
+    if name == "nesterov":
+        return optax.trace(decay=momentum, nesterov=True)
+    if name == "rmsprop":
+        return optax.scale_by_rms(decay=decay, eps=eps)
+    if name == "adam":
+        return optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    if name == "adamw":
+        return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                           optax.add_decayed_weights(weight_decay))
+    raise ValueError(f"unknown optimizer {name!r}; accepted: {', '.join(OPTIMIZERS)}")
+
+
+def make(
+    name: str,
+    learning_rate: float,
+    *,
+    schedule: str = "constant",
+    steps: int | None = None,
+    warmup_steps: int = 0,
+    decay_rate: float = 0.5,
+    decay_steps: int | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    rms_decay: float = 0.9,
+) -> optax.GradientTransformation:
+    """Optimizer ``name`` with peak ``learning_rate`` shaped by ``schedule``.
+
+    The peak rate lives in the optimizer state (``hyperparams["learning_rate"]``)
+    so that :func:`with_learning_rate` can change it without recompiling.
+    """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+    base = _base(name, momentum, weight_decay, b1, b2, eps, rms_decay)
+    shape = schedule_shape(schedule, steps=steps, warmup_steps=warmup_steps,
+                           decay_rate=decay_rate, decay_steps=decay_steps)
+
+    def factory(learning_rate: jax.Array) -> optax.GradientTransformation:
+        return optax.chain(base, optax.scale_by_schedule(lambda t: -learning_rate * shape(t)))
+
+    return optax.inject_hyperparams(factory)(learning_rate=jnp.asarray(learning_rate, jnp.float32))
+
+
+def learning_rate_of(opt_state: Any) -> jax.Array:
+    """The peak learning rate stored in an optimizer state made by :func:`make`."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(opt_state: Any, learning_rate: float | jax.Array) -> Any:
+    """``opt_state`` (from :func:`make`) with its peak learning rate replaced."""
+    if not hasattr(opt_state, "hyperparams") or "learning_rate" not in opt_state.hyperparams:
+        raise ValueError("with_learning_rate needs the state of an optimizer built by "
+                         "rnnjax.optimizers.make (optax.inject_hyperparams)")
+    old = opt_state.hyperparams["learning_rate"]
+    hyper = dict(opt_state.hyperparams)
+    hyper["learning_rate"] = jnp.asarray(learning_rate, old.dtype).reshape(old.shape)
+    return opt_state._replace(hyperparams=hyper)
+
