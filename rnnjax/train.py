@@ -225,7 +225,7 @@ def make_train_step(
             grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
             out, grads = grad_fn(state.params, batch, key)
             (loss, aux), new_extra = (out if has_aux else (out, None)), None
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & all_finite(grads)
         if clip_norm is not None:
             # Pascanu et al.: g <- theta * g / ||g|| when ||g|| >= theta.
