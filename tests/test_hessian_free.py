@@ -1,0 +1,201 @@
+"""Tests of rnnjax.optim.hessian_free: curvature products, CG, damping, one short run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax.flatten_util import ravel_pytree
+
+from rnnjax import cells, recurrence, train
+from rnnjax.optim import hessian_free as hf
+
+T, B, D, H, O = 4, 3, 2, 3, 3
+
+
+def tiny_rnn(key, out_size=O):
+    cell = cells.vanilla(H, "tanh")
+    k1, k2 = jax.random.split(key)
+    params = {"rnn": cell.init(k1, D),
+              "W_o": 0.7 * jax.random.normal(k2, (H, out_size)), "b_o": jnp.zeros((out_size,))}
+
+    def net(p, batch):
+        _, hs = recurrence.unroll(cell, p["rnn"], batch["inputs"])   # [T, B, H]
+        return hs @ p["W_o"] + p["b_o"], hs                           # [T, B, O], [T, B, H]
+
+    return params, net
+
+
+def tiny_batch(key, loss_name):
+    kx, ky, km = jax.random.split(key, 3)
+    xs = jax.random.normal(kx, (T, B, D))
+    mask = (jax.random.uniform(km, (T, B)) > 0.3).at[-1].set(True)
+    if loss_name == "softmax":
+        y = jax.random.randint(ky, (T, B), 0, O)
+    elif loss_name == "logistic":
+        y = jax.random.bernoulli(ky, 0.5, (T, B, O)).astype(jnp.float32)
+    else:
+        y = jax.random.normal(ky, (T, B, O))
+    return {"inputs": xs, "targets": y, "mask": mask}
+
+
+LOSSES = {"softmax": hf.softmax_cross_entropy(), "logistic": hf.sigmoid_cross_entropy(),
+          "squared": hf.squared_error()}
+
+
+def explicit_jacobian(fn, flat):
+    return jax.jacfwd(lambda x: jnp.ravel(fn(x)))(flat)   # [m, n]
+
+
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_gauss_newton_product_matches_explicit_jacobians(loss_name):
+    output_loss = LOSSES[loss_name]
+    params, net = tiny_rnn(jax.random.PRNGKey(0))
+    batch = tiny_batch(jax.random.PRNGKey(1), loss_name)
+    flat, unravel = ravel_pytree(params)
+    outputs, gv, _ = hf.gauss_newton_operator(lambda p, b: net(p, b)[0], output_loss, params, batch)
+
+    J = explicit_jacobian(lambda x: net(unravel(x), batch)[0], flat)
+    H_L = jax.hessian(lambda o: output_loss.loss(o.reshape(outputs.shape), batch))(jnp.ravel(outputs))
+    v = jax.random.normal(jax.random.PRNGKey(2), flat.shape)
+    expected = J.T @ (H_L @ (J @ v))
+    np.testing.assert_allclose(gv(v), expected, rtol=2e-4, atol=1e-6)
+    # the closed-form H_L v agrees with the autodiff one as well
+    u = jax.random.normal(jax.random.PRNGKey(3), outputs.shape)
+    np.testing.assert_allclose(output_loss.hessian_vp(outputs, batch, u),
+                               hf.autodiff_loss(output_loss.loss).hessian_vp(outputs, batch, u),
+                               rtol=1e-4, atol=1e-7)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), loss_name=st.sampled_from(sorted(LOSSES)),
+       scale=st.floats(0.01, 100.0))
+def test_gauss_newton_is_positive_semidefinite(seed, loss_name, scale):
+    params, net = tiny_rnn(jax.random.PRNGKey(seed % 7))
+    batch = tiny_batch(jax.random.PRNGKey(seed % 5), loss_name)
+    _, gv, _ = hf.gauss_newton_operator(lambda p, b: net(p, b)[0], LOSSES[loss_name], params, batch)
+    v = scale * jax.random.normal(jax.random.PRNGKey(seed), ravel_pytree(params)[0].shape)
+    assert float(jnp.vdot(v, gv(v))) >= -1e-6 * float(jnp.vdot(v, v))
+
+
+def test_structural_damping_term_matches_its_definition():
+    params, net = tiny_rnn(jax.random.PRNGKey(4))
+    batch = tiny_batch(jax.random.PRNGKey(5), "squared")
+    flat, unravel = ravel_pytree(params)
+    _, gv, _ = hf.gauss_newton_operator(net, hf.squared_error(), params, batch,
+                                        net_returns_hidden=True)
+    J_h = explicit_jacobian(lambda x: net(unravel(x), batch)[1], flat)   # [T*B*H, n]
+    v = jax.random.normal(jax.random.PRNGKey(6), flat.shape)
+    weight = 0.37
+    # penalty (weight / 2B) Σ Δh²  ->  Gauss–Newton matrix weight/B · J_hᵀ J_h
+    np.testing.assert_allclose(gv(v, weight) - gv(v, 0.0), weight / B * (J_h.T @ (J_h @ v)),
+                               rtol=2e-4, atol=1e-6)
+
+
+def spd_system(n=12, cond=50.0, seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    A = (q * np.geomspace(1.0, cond, n)) @ q.T
+    return jnp.asarray(A, jnp.float32), jnp.asarray(rng.normal(size=n), jnp.float32)
+
+
+@pytest.mark.parametrize("use_preconditioner", [False, True])
+def test_cg_solves_spd_system(use_preconditioner):
+    A, b = spd_system()
+    m = jnp.diag(A) if use_preconditioner else None
+    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=200, tol=1e-9,
+                                preconditioner=m)
+    x_true = jnp.linalg.solve(A, b)
+    np.testing.assert_allclose(res.x, x_true, rtol=1e-3, atol=1e-3)
+    assert int(res.iters) < 200                           # stopped by the progress rule
+    phi = res.phi[: int(res.iters) + 1]
+    assert bool(jnp.all(jnp.diff(phi) <= 1e-5))           # CG decreases φ monotonically
+    # the kept iterates are those of the schedule (and the last one)
+    sched = hf.save_schedule(200)
+    kept = [int(i) for i in res.saved_iters if i >= 0]
+    assert kept[:-1] == [i for i in sched if i <= int(res.iters)] and kept[-1] == int(res.iters)
+
+
+def test_cg_stops_at_iteration_cap_and_warm_start_is_used():
+    A, b = spd_system(n=30, cond=1e3)
+    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=5)
+    assert int(res.iters) == 5
+    x_true = jnp.linalg.solve(A, b)
+    warm = hf.conjugate_gradient(lambda x: A @ x, b, x_true, max_iters=5)
+    assert float(warm.phi[0]) <= float(res.phi[5])        # starts where cold CG cannot reach
+
+
+def test_backtracking_returns_the_best_kept_iterate():
+    A, b = spd_system(n=20, cond=100.0)
+    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=40, tol=0.0)
+    target = res.saved[3] + 1e-3                           # some objective minimised near row 3
+    objective = lambda p: jnp.sum((p - target) ** 2)
+    p, value, it = hf.backtrack(objective, res)
+    values = [float(objective(r)) for r, i in zip(res.saved, res.saved_iters) if i >= 0]
+    assert float(value) == pytest.approx(min(values))
+    np.testing.assert_array_equal(p, res.saved[3])
+    assert int(it) == int(res.saved_iters[3])
+
+
+@pytest.mark.parametrize("rho,direction", [(-1.0, 1), (0.1, 1), (0.5, 0), (0.9, -1),
+                                           (float("nan"), 1), (float("-inf"), 1)])
+def test_damping_rule_moves_lambda_the_right_way(rho, direction):
+    lam = jnp.float32(2.0)
+    new = float(hf.update_damping(lam, jnp.float32(rho)))
+    expected = {1: 2.0 * 1.5, 0: 2.0, -1: 2.0 * 2.0 / 3.0}[direction]
+    assert new == pytest.approx(expected)
+
+
+def test_line_search_backs_off_and_rejects():
+    f0 = jnp.float32(1.0)
+    # f(θ + a p) = 1 - a + 3a²: rate 1 is worse, a smaller rate is better
+    rate, f, evals = hf.line_search(lambda a: 1 - a + 3 * a ** 2, f0, jnp.float32(-1.0),
+                                    jnp.float32(3.0))
+    assert 0 < float(rate) < 1 and float(f) < 1.0 and int(evals) >= 1
+    rate, f, _ = hf.line_search(lambda a: 1 + a, f0, jnp.float32(-1.0), jnp.float32(2.0),
+                                max_steps=5)
+    assert float(rate) == 0.0 and float(f) == 1.0
+
+
+def test_bad_configuration_raises_clear_errors():
+    params, net = tiny_rnn(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="hf_mu"):
+        hf.hessian_free(net, hf.squared_error(), structural_damping=0.1)
+    with pytest.raises(ValueError, match="cg_iters"):
+        hf.hessian_free(net, hf.squared_error(), max_cg_iters=0)
+    with pytest.raises(ValueError, match="example_axes"):
+        hf.hessian_free(net, hf.squared_error(), preconditioner=True)
+    with pytest.raises(ValueError, match="curvature_batch_size"):
+        hf.take_examples({"x": jnp.zeros((4, 2))}, 3, 1)
+
+
+def memory_batch(key, batch_size, length=10, symbols=3):
+    """Remember the first symbol of a random sequence of one-hot symbols: [T, B, S] -> [B]."""
+    s = jax.random.randint(key, (length, batch_size), 0, symbols)
+    return {"inputs": jax.nn.one_hot(s, symbols), "targets": s[0]}
+
+
+def test_hf_solves_a_short_memory_problem_through_the_training_loop():
+    cell = cells.vanilla(12, "tanh")
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    params = {"rnn": cell.init(k1, 3), "W_o": 0.1 * jax.random.normal(k2, (12, 3)),
+              "b_o": jnp.zeros((3,))}
+
+    def net(p, batch):
+        _, hs = recurrence.unroll(cell, p["rnn"], batch["inputs"])
+        return hs[-1] @ p["W_o"] + p["b_o"], hs
+
+    opt = hf.hessian_free(net, hf.softmax_cross_entropy(), net_returns_hidden=True,
+                          structural_damping=0.1, max_cg_iters=40, preconditioner=True,
+                          example_axes={"inputs": 1, "targets": 0})
+    state = train.init_state(params, None, opt_state=opt.init(params), seed=0)
+    step_fn = hf.make_train_step(opt, curvature_batch_size=100,
+                                 example_axes={"inputs": 1, "targets": 0})
+    batch_fn = lambda s: memory_batch(jax.random.fold_in(jax.random.PRNGKey(1), s), 300)
+    state, history = train.run(None, state, step_fn, batch_fn, steps=25, log_every=5,
+                               progress=False)
+    test = memory_batch(jax.random.PRNGKey(99), 1000)
+    logits, _ = net(state.params, test)
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test["targets"]))
+    assert accuracy > 0.99, (accuracy, history[-1])
+    assert int(state.opt_state.updates) == 25 and history[-1]["cg_iters"] >= 1
