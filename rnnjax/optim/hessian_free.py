@@ -48,7 +48,8 @@ With the team's training loop (:mod:`rnnjax.train`)::
     state, history = train.run(workdir, state, step_fn, batch_fn, steps=...)
 
 Batches are any pytree; the built-in losses read ``batch["targets"]`` and
-``batch.get("mask")`` unless given other accessors. ``example_axes`` says where
+``batch.get("mask")`` (or the attributes ``batch.targets``, ``batch.mask`` of a
+NamedTuple such as :class:`rnnjax.data.synthetic.Batch`) unless given other accessors. ``example_axes`` says where
 the examples lie in each leaf of a batch (e.g. ``{"inputs": 1, "targets": 0}``
 for time-major inputs [T, B, D] with one target per sequence [B]); it is needed
 to cut the curvature batch and for the preconditioner's per-example gradients.
@@ -114,11 +115,13 @@ class OutputLoss(NamedTuple):
 
 
 def _default_targets(batch: Batch) -> Array:
-    return batch["targets"]
+    """``batch["targets"]`` for a dict, ``batch.targets`` otherwise (e.g. synthetic.Batch)."""
+    return batch["targets"] if isinstance(batch, dict) else batch.targets
 
 
 def _default_mask(batch: Batch) -> Array | None:
-    return batch.get("mask") if isinstance(batch, dict) else None
+    """``batch.get("mask")`` for a dict, ``batch.mask`` (or None) otherwise."""
+    return batch.get("mask") if isinstance(batch, dict) else getattr(batch, "mask", None)
 
 
 def _position_weights(mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
