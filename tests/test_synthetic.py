@@ -107,14 +107,14 @@ def test_constant_guess_fails(batches, name):
     assert rate > 0.3
 
 
-def test_scored_steps():
+def test_scored_steps(batches):
     """Last step only for the answer-at-the-end problems; every step for recall and parity."""
-    key = jax.random.PRNGKey(3)
-    for name in ("addition", "xor", "temporal_order", "permutation"):
-        mask = np.asarray(synthetic.get(name).generate(key, 4, 20).mask)
-        assert mask[-1].all() and mask.sum() == 4, name
-    for name in ("memorization5", "parity"):
-        assert np.asarray(synthetic.get(name).generate(key, 4, 20).mask).all(), name
+    for name in ("addition", "multiplication", "xor", "temporal_order", "temporal_order3",
+                 "permutation"):
+        mask = np.asarray(batches[name].mask)
+        assert mask[-1].all() and mask.sum() == B, name
+    for name in ("memorization5", "memorization20", "copy", "parity"):
+        assert np.asarray(batches[name].mask).all(), name
 
 
 def test_marker_windows_scale_with_length():
@@ -141,7 +141,7 @@ def test_evaluate_and_success_rule():
         return jnp.broadcast_to(total[None, :, None], inputs.shape[:2] + (1,))
 
     key = jax.random.PRNGKey(7)
-    rate = synthetic.evaluate(task, perfect, key, 15, num_sequences=10_000, batch_size=2_500)
+    rate = synthetic.evaluate(task, perfect, key, 15, num_sequences=10_000, batch_size=5_000)
     assert rate == 0.0 and synthetic.solved(rate)
     noisy = synthetic.evaluate("addition", lambda x: perfect(x) + 0.05, key, 15,
                                num_sequences=500, batch_size=500)
