@@ -1,0 +1,9 @@
+"""Shared test fixtures."""
+
+import jax
+import pytest
+
+
+@pytest.fixture
+def key():
+    return jax.random.PRNGKey(0)
