@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from absl import app, flags
+from absl import app, flags, logging  # noqa: F401  (defines --verbosity)
 
 from rnnjax import cells, checkpoint, optimizers
 
@@ -63,6 +63,9 @@ def _define() -> None:
     flags.DEFINE_integer("max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
                          "in a row; their updates are skipped.")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    # Orbax and JAX log every checkpoint at INFO through absl; keep the
+    # terminal for the progress bar and results (--verbosity=0 shows them).
+    FLAGS.set_default("verbosity", -1)
 
 
 _define()

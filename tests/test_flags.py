@@ -1,0 +1,86 @@
+"""Tests of the common experiment flags and their validation (experiments/flags.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import app, flags
+from absl.testing import flagsaver
+
+from experiments import flags as common
+
+FLAGS = flags.FLAGS
+
+
+@pytest.fixture(autouse=True)
+def parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver():  # every test starts from, and restores, the defaults
+        yield
+
+
+def test_defaults_validate_and_build_an_optimizer(tmp_path):
+    FLAGS.workdir = str(tmp_path / "run")
+    cfg = common.validate()
+    assert set(common.COMMON_FLAGS) <= set(cfg)
+    assert cfg["workdir"] == str(tmp_path / "run") and os.path.isdir(cfg["workdir"])
+    assert hasattr(common.make_optimizer(), "update")
+    assert common.loop_kwargs()["steps"] == FLAGS.steps
+
+
+@pytest.mark.parametrize("flag,value,accepted", [
+    ("steps", -5, "positive integer"),
+    ("batch_size", 0, "positive integer"),
+    ("hidden", -1, "positive integer"),
+    ("log_every", 0, "positive integer"),
+    ("keep_checkpoints", 0, "positive integer"),
+    ("checkpoint_every", -1, "non-negative integer"),
+    ("optimizer", "lbfgs", "sgd, momentum, nesterov, rmsprop, adam, adamw"),
+    ("cell", "transformer", "tanh, relu"),
+    ("lr_schedule", "linear", "constant, cosine"),
+    ("learning_rate", 0.0, "positive number"),
+    ("clip_norm", -1.0, "positive number"),
+])
+def test_invalid_values_name_the_flag_and_what_is_accepted(flag, value, accepted):
+    setattr(FLAGS, flag, value)
+    with pytest.raises(app.UsageError) as err:
+        common.validate()
+    assert f"--{flag}=" in str(err.value) and accepted in str(err.value)
+
+
+def test_unwritable_workdir_is_rejected(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    FLAGS.workdir = str(blocker / "run")  # cannot be created, even by root
+    with pytest.raises(app.UsageError, match="--workdir=.*writable directory"):
+        common.validate()
+
+
+def test_warmup_must_be_shorter_than_the_run():
+    FLAGS.lr_schedule, FLAGS.steps, FLAGS.warmup_steps = "warmup_cosine", 10, 10
+    with pytest.raises(app.UsageError, match="--warmup_steps=10.*smaller than --steps=10"):
+        common.validate()
+
+
+def test_experiment_stops_before_any_work_on_a_bad_flag(tmp_path):
+    workdir = tmp_path / "never"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.parity", "--optimizer=lbfgs", f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=120, cwd=os.getcwd(),
+        env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert proc.returncode != 0
+    assert "--optimizer='lbfgs' is invalid" in proc.stderr and "adam" in proc.stderr
+    assert not workdir.exists()  # nothing was written: it stopped before any work
+
+
+def test_helpfull_documents_the_common_flags():
+    proc = subprocess.run([sys.executable, "-m", "experiments.parity", "--helpfull"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert "experiments.flags" in proc.stdout, proc.stderr  # (absl exits 1 after --helpfull)
+    for name in common.COMMON_FLAGS:
+        assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
