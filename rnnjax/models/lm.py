@@ -102,6 +102,7 @@ def make_cells(model: LanguageModel) -> tuple[cells_lib.Cell, ...]:
     return tuple(cells_lib.by_name(model.cell, model.hidden, **kw) for _ in range(model.layers))
 
 
+@functools.partial(jax.jit, static_argnums=0)   # one compilation, not one per initialiser op
 def init(model: LanguageModel, key: Array) -> Params:
     """Parameters: ``{"embed": [V, E] (if E > 0), "layers": (cell params, ...),
     "readout": {"W": [H, V] (unless tied), "b": [V]}}``."""
@@ -159,6 +160,7 @@ def readout_weights(model: LanguageModel, params: Params) -> Array:
     return params["embed"].T if model.tie_embeddings else params["readout"]["W"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
           dropout_key: Array | None = None) -> tuple[Carry, Array]:
     """Run the model over a segment.

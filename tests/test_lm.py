@@ -1,0 +1,187 @@
+"""Tests for rnnjax.models.lm: teacher forcing, truncated BPTT, evaluation, sampling,
+and learning a tiny repeating text."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rnnjax import losses, train
+from rnnjax.data import text
+from rnnjax.models import lm
+
+V = 7
+
+
+def _reference_loss(model, params, inputs, targets):
+    """Mean nats by an explicit loop over time with one-hot (or embedded) inputs,
+    ``cell.step`` per layer and a softmax readout: the lecture's definition."""
+    cs = lm.make_cells(model)
+    B = inputs.shape[1]
+    carry = [c.initial_carry(p, B) for c, p in zip(cs, params["layers"])]
+    W = params["embed"].T if model.tie_embeddings else params["readout"]["W"]
+    total = 0.0
+    for t in range(inputs.shape[0]):
+        if model.embed_size:
+            x = params["embed"][inputs[t]]
+        else:
+            x = jax.nn.one_hot(inputs[t], model.vocab_size)
+        for i, (c, p) in enumerate(zip(cs, params["layers"])):
+            carry[i], x = c.step(p, carry[i], x)
+        logp = jax.nn.log_softmax(x @ W + params["readout"]["b"])
+        total += -jnp.sum(logp[jnp.arange(B), targets[t]])
+    return total / (inputs.shape[0] * B)
+
+
+@pytest.mark.parametrize("cell,layers,embed,tie", [
+    ("tanh", 1, 0, False), ("lstm", 2, 0, False), ("gru", 1, 5, False),
+    ("mrnn", 2, 0, False), ("lstm", 1, 6, True)])
+def test_teacher_forced_loss_equals_step_by_step_loop(cell, layers, embed, tie):
+    model = lm.LanguageModel(V, cell=cell, hidden=6, layers=layers, embed_size=embed,
+                             tie_embeddings=tie)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (9, 3), 0, V)
+    inputs, targets = ids[:-1], ids[1:]
+    carry = lm.initial_carry(model, params, 3)
+    loss, _ = lm.sequence_loss(model, params, carry, inputs, targets)
+    reference = jax.jit(_reference_loss, static_argnums=0)(model, params, inputs, targets)
+    chex.assert_trees_all_close(loss, reference,
+                                rtol=1e-5, atol=1e-6)
+    _, logits = lm.apply(model, params, carry, inputs)
+    chex.assert_shape(logits, (8, 3, V))
+
+
+def test_tbptt_carries_state_and_stops_gradient_at_segment_borders():
+    model = lm.LanguageModel(V, cell="lstm", hidden=5)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (13, 2), 0, V)
+    whole, _ = lm.sequence_loss(model, params, lm.initial_carry(model, params, 2),
+                                ids[:-1], ids[1:])
+    loss_fn = jax.jit(lm.tbptt_loss(model))
+    carry = lm.initial_carry(model, params, 2)
+    seg1 = (ids[:6], ids[1:7], jnp.array(True))
+    seg2 = (ids[6:12], ids[7:13], jnp.array(False))
+    l1, (carry, _) = loss_fn(params, carry, seg1, None)
+    l2, (carry2, _) = loss_fn(params, carry, seg2, None)
+    # Two segments with the state carried see the same history as one long pass.
+    chex.assert_trees_all_close((l1 + l2) / 2, whole, rtol=1e-5)
+    # No gradient flows into the carried state: the border cuts BPTT.
+    g_carry = jax.grad(lambda c: loss_fn(params, c, seg2, None)[0])(carry)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(g_carry))
+    # reset=True replaces the carried state by the initial one.
+    l2_reset, _ = loss_fn(params, carry, (seg2[0], seg2[1], jnp.array(True)), None)
+    fresh, _ = lm.sequence_loss(model, params, lm.initial_carry(model, params, 2),
+                                seg2[0], seg2[1])
+    chex.assert_trees_all_close(l2_reset, fresh, rtol=1e-6)
+    assert not np.allclose(l2_reset, l2)
+
+
+def test_evaluate_over_segments_equals_one_long_pass():
+    model = lm.LanguageModel(V, cell="gru", hidden=5)
+    params = lm.init(model, jax.random.PRNGKey(2))
+    ids = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (50,), 0, V), np.int32)
+    result = lm.evaluate(model, params, text.eval_segments(ids, batch_size=1, seq_len=8))
+    whole, _ = lm.sequence_loss(model, params, lm.initial_carry(model, params, 1),
+                                jnp.asarray(ids[:-1, None]), jnp.asarray(ids[1:, None]))
+    assert result["tokens"] == 49
+    assert result["nats"] == pytest.approx(float(whole), rel=1e-5)
+    assert result["bits"] == pytest.approx(float(whole) / np.log(2), rel=1e-5)
+    assert result["perplexity"] == pytest.approx(float(np.exp(whole)), rel=1e-5)
+
+
+def _greedy_by_stepping(model, params, prime, length):
+    """Greedy continuation by an explicit loop: one-hot (or embedded) input, ``cell.step``
+    per layer, argmax of the readout, fed back in (one jitted step, a Python loop)."""
+    cs = lm.make_cells(model)
+
+    @jax.jit
+    def step(carry, token):
+        x = params["embed"][token] if model.embed_size else jax.nn.one_hot(token, model.vocab_size)
+        new = []
+        for c, p, cr in zip(cs, params["layers"], carry):
+            cr, x = c.step(p, cr, x)
+            new.append(cr)
+        return tuple(new), jnp.argmax(x @ params["readout"]["W"] + params["readout"]["b"], -1)
+
+    carry = lm.initial_carry(model, params, 1)
+    for token in prime:
+        carry, nxt = step(carry, jnp.array([token]))
+    out = []
+    for _ in range(length):
+        out.append(int(nxt[0]))
+        carry, nxt = step(carry, nxt)
+    return out
+
+
+@pytest.mark.parametrize("cell,embed", [("mrnn", 0), ("lstm", 4)])
+def test_sampler_greedy_at_zero_temperature_and_deterministic_per_seed(cell, embed):
+    model = lm.LanguageModel(V, cell=cell, hidden=8, layers=2, embed_size=embed)
+    params = lm.init(model, jax.random.PRNGKey(4))
+    # Larger logits make greedy and near-zero-temperature sampling agree robustly.
+    params["readout"]["W"] = params["readout"]["W"] * 20
+    prime = jnp.array([1, 2, 3], jnp.int32)
+    expected = _greedy_by_stepping(model, params, [1, 2, 3], 12)
+    for t in (0.0, 1e-4):
+        got = lm.sample(model, params, jax.random.PRNGKey(9), prime, length=12, temperature=t)
+        assert got.tolist() == expected
+    a = lm.sample(model, params, jax.random.PRNGKey(5), prime, length=12, temperature=3.0)
+    b = lm.sample(model, params, jax.random.PRNGKey(5), prime, length=12, temperature=3.0)
+    c = lm.sample(model, params, jax.random.PRNGKey(6), prime, length=12, temperature=3.0)
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+    batch = lm.sample(model, params, jax.random.PRNGKey(5), jnp.stack([prime, prime]),
+                      length=12, temperature=3.0, top_k=1)
+    chex.assert_shape(batch, (2, 12))
+    assert batch[0].tolist() == batch[1].tolist() == expected     # top-1 is greedy too
+    assert int(batch.min()) >= 0 and int(batch.max()) < V
+
+
+def test_top_k_restricts_samples_to_the_k_most_likely():
+    logits = jnp.array([[0.0, 3.0, 1.0, 2.0]] * 200)
+    picks = lm._pick(jax.random.PRNGKey(0), logits, jnp.float32(5.0), 2)
+    assert set(np.asarray(picks).tolist()) == {1, 3}
+
+
+def test_dropout_needs_a_key_and_changes_outputs():
+    model = lm.LanguageModel(V, cell="lstm", hidden=8, layers=2, embed_size=4, dropout=0.5)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    carry = lm.initial_carry(model, params, 2)
+    ids = jnp.ones((4, 2), jnp.int32)
+    _, a = lm.apply(model, params, carry, ids)
+    _, b = lm.apply(model, params, carry, ids)
+    _, c = lm.apply(model, params, carry, ids, dropout_key=jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_bad_configurations_are_refused():
+    with pytest.raises(ValueError, match="--tie_embeddings"):
+        lm.init(lm.LanguageModel(V, hidden=8, embed_size=4, tie_embeddings=True),
+                jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="--cell"):
+        lm.init(lm.LanguageModel(V, cell="transformer"), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="--dropout"):
+        lm.init(lm.LanguageModel(V, dropout=1.0), jax.random.PRNGKey(0))
+
+
+def test_learns_a_tiny_repeating_text_and_samples_it_back():
+    corpus = "the quick brown fox. " * 40
+    vocab = text.build_vocabulary(corpus, "char")
+    streams = text.make_streams(vocab.encode(corpus), batch_size=8, seq_len=20)
+    model = lm.LanguageModel(len(vocab), cell="lstm", hidden=32)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    optimizer = optax.adam(2e-2)
+    state = train.init_state(params, optimizer, seed=0,
+                             extra=lm.initial_carry(model, params, 8))
+    step_fn = train.make_train_step(lm.tbptt_loss(model), optimizer, clip_norm=5.0,
+                                    uses_extra=True)
+    state, history = train.run(None, state, step_fn, streams.segment, steps=150,
+                               log_every=50, progress=False)
+    assert history[-1]["loss"] < 0.05, history
+    result = lm.evaluate(model, state.params, text.eval_segments(vocab.encode(corpus), 4, 20))
+    assert result["bits"] < 0.1
+    out = lm.sample(model, state.params, jax.random.PRNGKey(1),
+                    jnp.asarray(vocab.encode("the qu")), length=40, temperature=0.5)
+    assert vocab.decode(out) == "ick brown fox. the quick brown fox. the "
+    assert losses.bits_per_character(0.0) == 0.0
