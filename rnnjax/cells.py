@@ -178,6 +178,21 @@ def _dot(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
+def _maybe_fused(cell: Cell, fused: bool, kind: str, dtype, activation: str | None = None) -> Cell:
+    """Use rnnjax.fused's hand-written BPTT (custom_vjp) when asked and available.
+
+    Available for float32 compute (``dtype=None``) and, for vanilla cells, the
+    activations in ``fused.VANILLA_ACTIVATIONS``; otherwise the generic scan.
+    ``fused=False`` keeps the plain differentiable scan (needed for ``jax.jvp``).
+    """
+    if not fused or dtype is not None:
+        return cell
+    from rnnjax import fused as fused_lib  # late import: rnnjax.fused builds on this module
+    if kind == "vanilla" and activation not in fused_lib.VANILLA_ACTIVATIONS:
+        return cell
+    return fused_lib.attach(cell, kind, activation)
+
+
 # ----------------------------------------------------------------------------
 # Vanilla RNN: h_t = phi(W_xh^T x_t + W_hh^T h_{t-1} + b_h)
 # ----------------------------------------------------------------------------
@@ -192,6 +207,7 @@ def vanilla(
     spectral_radius: float | None = None,
     use_bias: bool = True,
     dtype=None,
+    fused: bool = True,
 ) -> Cell:
     """The vanilla RNN cell ``h_t = act(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
@@ -206,6 +222,8 @@ def vanilla(
       spectral_radius: if set, W_hh is rescaled to this spectral radius.
       dtype: compute dtype of the matmuls (e.g. ``jnp.bfloat16``); params and
         accumulation stay float32.
+      fused: unroll with the hand-written BPTT of ``rnnjax.fused`` (faster; no
+        forward-mode autodiff). ``False``: the plain ``lax.scan``, for ``jax.jvp``.
 
     Params: ``W_xh`` [D, H], ``W_hh`` [H, H], ``b_h`` [H], and ``h0`` [H] if learned.
     """
@@ -240,7 +258,8 @@ def vanilla(
         h = act(xp_t + _dot(h, params["W_hh"], dtype))
         return h, h
 
-    return Cell(name, hidden_size, init, initial_carry, project, recurrent_step, lambda h: h)
+    cell = Cell(name, hidden_size, init, initial_carry, project, recurrent_step, lambda h: h)
+    return _maybe_fused(cell, fused, "vanilla", dtype, _ACTIVATION_ALIASES.get(activation, activation))
 
 
 # ----------------------------------------------------------------------------
@@ -256,6 +275,7 @@ def lstm(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
+    fused: bool = True,
 ) -> Cell:
     """LSTM cell; carry ``LSTMCarry(c, h)``.
 
@@ -298,7 +318,8 @@ def lstm(
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMCarry(c, h), h
 
-    return Cell("lstm", H, init, initial_carry, project, recurrent_step, lambda carry: carry.h)
+    cell = Cell("lstm", H, init, initial_carry, project, recurrent_step, lambda carry: carry.h)
+    return _maybe_fused(cell, fused, "lstm", dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -314,6 +335,7 @@ def gru(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
+    fused: bool = True,
 ) -> Cell:
     """GRU cell.
 
@@ -357,7 +379,8 @@ def gru(
         h = (1.0 - z) * n + z * h
         return h, h
 
-    return Cell("gru", H, init, initial_carry, project, recurrent_step, lambda h: h)
+    cell = Cell("gru", H, init, initial_carry, project, recurrent_step, lambda h: h)
+    return _maybe_fused(cell, fused, "gru", dtype)
 
 
 # ----------------------------------------------------------------------------
