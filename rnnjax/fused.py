@@ -153,6 +153,10 @@ def _vanilla_bwd(act_name, unroll, res, cotangents):
 _vanilla_core.defvjp(_vanilla_fwd, _vanilla_bwd)
 
 
+import os
+_MODE = os.environ.get("RNNJAX_FUSED_MODE", "jvp")
+
+
 def vanilla_unroll(act_name: str):
     """The core of a vanilla cell's fused unroll: ``core(params, h0, xp, mask, unroll)``."""
     if act_name not in VANILLA_ACTIVATIONS:
@@ -160,7 +164,8 @@ def vanilla_unroll(act_name: str):
                          f"accepted: {sorted(VANILLA_ACTIVATIONS)}")
 
     def core(params, h0, xp, mask, unroll):
-        return _vanilla_core(act_name, unroll, params["W_hh"], h0, xp, mask)
+        fn = _vanilla_core_j if _MODE == "jvp" else _vanilla_core
+        return fn(act_name, unroll, params["W_hh"], h0, xp, mask)
     return core
 
 
@@ -256,7 +261,8 @@ _lstm_core.defvjp(_lstm_fwd, _lstm_bwd)
 
 def lstm_unroll():
     def core(params, carry, xp, mask, unroll):
-        (c, h), hs = _lstm_core(unroll, params["W_hh"], carry.c, carry.h, xp, mask)
+        fn = _lstm_core_j if _MODE == "jvp" else _lstm_core
+        (c, h), hs = fn(unroll, params["W_hh"], carry.c, carry.h, xp, mask)
         return LSTMCarry(c, h), hs
     return core
 
@@ -337,7 +343,8 @@ _gru_core.defvjp(_gru_fwd, _gru_bwd)
 
 def gru_unroll():
     def core(params, h0, xp, mask, unroll):
-        return _gru_core(unroll, params["W_hh"], params["b_hn"], h0, xp, mask)
+        fn = _gru_core_j if _MODE == "jvp" else _gru_core
+        return fn(unroll, params["W_hh"], params["b_hn"], h0, xp, mask)
     return core
 
 
@@ -385,3 +392,130 @@ def attach(cell: Cell, kind: str, activation: str | None = None) -> Cell:
     else:
         raise ValueError(f"no fused unroll for {kind!r}; accepted: vanilla, lstm, gru")
     return cell._replace(unroll=_fused_unroll(cell, core))
+
+
+# ============================================================================
+# custom_jvp versions: the tangent recurrence written by hand, so that JAX's
+# transpose of it is the BPTT above (and forward mode works too).
+# ============================================================================
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _vanilla_core_j(act_name, unroll, w, h0, xp, mask):
+    return _vanilla_forward(act_name, unroll, w, h0, xp, mask)
+
+
+@_vanilla_core_j.defjvp
+def _vanilla_jvp(act_name, unroll, primals, tangents):
+    w, h0, xp, mask = primals
+    dw, dh0, dxp, _ = tangents
+    final, hs = _vanilla_forward(act_name, unroll, w, h0, xp, mask)
+    deriv = VANILLA_ACTIVATIONS[act_name][1](hs)
+    # The tangent of the pre-activations, except the recurrent term, for all t at once:
+    # its transpose is dW = sum_t h_{t-1}^T dz_t, one large matmul.
+    u = dxp + jnp.matmul(_previous(h0, hs), dw)
+    w_l = _loop_weight(w)
+    if mask is None:
+        def body(dh, inp):
+            u_t, deriv_t = inp
+            dh = deriv_t * (u_t + dh @ w_l)
+            return dh, dh
+        d_final, d_hs = lax.scan(body, dh0, (u, deriv), unroll=unroll)
+    else:
+        keep = _keep(mask, hs)
+        deriv, pass_through = deriv * keep, 1.0 - keep
+
+        def body(dh, inp):
+            u_t, deriv_t, pass_t = inp
+            dh = deriv_t * (u_t + dh @ w_l) + pass_t * dh
+            return dh, dh
+        d_final, d_hs = lax.scan(body, dh0, (u, deriv, pass_through), unroll=unroll)
+    return (final, hs), (d_final, d_hs)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _lstm_core_j(unroll, w, c0, h0, xp, mask):
+    return _lstm_forward(unroll, w, c0, h0, xp, mask, save=False)
+
+
+@_lstm_core_j.defjvp
+def _lstm_jvp(unroll, primals, tangents):
+    w, c0, h0, xp, mask = primals
+    dw, dc0, dh0, dxp, _ = tangents
+    final, (gates, cs, hs) = _lstm_forward(unroll, w, c0, h0, xp, mask, save=True)
+    H = h0.shape[-1]
+    i, f, g, o = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:3 * H], gates[..., 3 * H:]
+    tc = jnp.tanh(cs)
+    # dc_t = f dc_{t-1} + sum_blocks(dz_{i,f,g} * k_ifg);  dh_t = dz_o * k_o + to_h dc_t
+    k_ifg = jnp.concatenate([g * i * (1.0 - i), _previous(c0, cs) * f * (1.0 - f),
+                             i * (1.0 - g * g)], -1)
+    k_o = tc * o * (1.0 - o)
+    to_h = o * (1.0 - tc * tc)
+    u = dxp + jnp.matmul(_previous(h0, hs), dw)
+    B = h0.shape[0]
+    if mask is not None:
+        keep = _keep(mask, hs)
+        k_ifg, k_o, to_h = k_ifg * keep, k_o * keep, to_h * keep
+        f = jnp.where(keep > 0, f, 1.0)
+        pass_through = 1.0 - keep
+    w_l = _loop_weight(w)
+
+    def step(dc, dh, u_t, k_ifg_t, k_o_t, to_h_t, f_t):
+        dz = u_t + dh @ w_l
+        dc = f_t * dc + jnp.sum((dz[:, :3 * H] * k_ifg_t).reshape(B, 3, H), axis=1)
+        return dc, dz[:, 3 * H:] * k_o_t + to_h_t * dc
+
+    if mask is None:
+        def body(carry, inp):
+            dc, dh = step(*carry, *inp)
+            return (dc, dh), dh
+        inputs = (u, k_ifg, k_o, to_h, f)
+    else:
+        def body(carry, inp):
+            dc, dh = step(*carry, *inp[:5])
+            dh = dh + inp[5] * carry[1]
+            return (dc, dh), dh
+        inputs = (u, k_ifg, k_o, to_h, f, pass_through)
+    d_final, d_hs = lax.scan(body, (dc0, dh0), inputs, unroll=unroll)
+    return (final, hs), (d_final, d_hs)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _gru_core_j(unroll, w, b_hn, h0, xp, mask):
+    return _gru_forward(unroll, w, b_hn, h0, xp, mask, save=False)
+
+
+@_gru_core_j.defjvp
+def _gru_jvp(unroll, primals, tangents):
+    w, b_hn, h0, xp, mask = primals
+    dw, db_hn, dh0, dxp, _ = tangents
+    final, (rz, q, n, hs) = _gru_forward(unroll, w, b_hn, h0, xp, mask, save=True)
+    H, B = h0.shape[-1], h0.shape[0]
+    r, z = rz[..., :H], rz[..., H:]
+    h_prev = _previous(h0, hs)
+    # With s_t = v_t + dh_{t-1} W (the tangent of h W_hh + [0, 0, b_hn] plus the input's r, z part):
+    # dh_t = y_t + sum_blocks(s_t * coef_t) + z_t dh_{t-1}
+    a1 = (1.0 - z) * (1.0 - n * n)
+    coef = jnp.concatenate([a1 * q * r * (1.0 - r), (h_prev - n) * z * (1.0 - z), a1 * r], -1)
+    uh = jnp.matmul(h_prev, dw)
+    v = jnp.concatenate([dxp[..., :2 * H] + uh[..., :2 * H], uh[..., 2 * H:] + db_hn], -1)
+    y = a1 * dxp[..., 2 * H:]
+    direct = z
+    if mask is not None:
+        keep = _keep(mask, hs)
+        coef, y = coef * keep, y * keep
+        direct = jnp.where(keep > 0, direct, 1.0)
+    w_l = _loop_weight(w)
+
+    def body(dh, inp):
+        v_t, y_t, coef_t, direct_t = inp
+        s = v_t + dh @ w_l
+        dh = y_t + jnp.sum((s * coef_t).reshape(B, 3, H), axis=1) + direct_t * dh
+        return dh, dh
+    d_final, d_hs = lax.scan(body, dh0, (v, y, coef, direct), unroll=unroll)
+    return (final, hs), (d_final, d_hs)
+
+
+def _loop_weight(w):
+    """W for the tangent loop, given as (W^T laid out row-major once)^T, so that the
+    transposed loop of reverse mode multiplies by a real row-major W^T."""
+    return jnp.transpose(_transposed(w))
