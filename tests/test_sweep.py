@@ -147,3 +147,34 @@ def test_sharded_step_equals_single_device_step():
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "SHARDED_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_process_sweep_tables(tmp_path):
+    """experiments.sweep's pieces: parsing, final metrics of a workdir, the tables."""
+    from absl import app as absl_app
+
+    from experiments import sweep as process_sweep
+    assert process_sweep.parse_assignments(["hidden=8,16", "--lr=1e-3"], "grid", multi=True) == {
+        "hidden": ["8", "16"], "lr": ["1e-3"]}
+    with pytest.raises(absl_app.UsageError, match="--grid='hidden' is invalid: expected NAME=VALUE"):
+        process_sweep.parse_assignments(["hidden"], "grid", multi=True)
+    rows = []
+    for hidden in (8, 16):
+        for seed in (0, 1):
+            workdir = tmp_path / f"hidden={hidden},seed={seed}"
+            (workdir / "rnn").mkdir(parents=True)
+            loss = 1.0 / hidden + 0.01 * seed
+            (workdir / "rnn" / "metrics.jsonl").write_text(
+                '{"step": 10, "loss": 2.0}\n' + f'{{"step": 20, "loss": {loss}, "time": 3.0}}\n')
+            (workdir / "results.json").write_text('{"rnn": {"accuracy": {"10": {"step": 1.0}}}}')
+            metrics = process_sweep.final_metrics(str(workdir))
+            assert metrics == {"rnn/loss": loss, "results.rnn.accuracy.10.step": 1.0}
+            rows.append({"point": {"hidden": hidden}, "seed": seed, "status": "ok", "seconds": 1.0,
+                         "workdir": str(workdir), "metrics": metrics})
+    csv_path, md_path = process_sweep.write_tables(str(tmp_path), rows, ["hidden"], [])
+    with open(csv_path) as f:
+        assert len(f.readlines()) == 5  # header + one row per run
+    md = open(md_path).read()
+    assert "| hidden | runs ok | rnn/loss |" in md
+    assert "| 8 | 2/2 | 0.13 ± 0.0071 |" in md  # mean and std over the two seeds
+    assert os.path.exists(process_sweep.plot_losses(str(tmp_path), rows))
