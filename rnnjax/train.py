@@ -54,7 +54,7 @@ uses_extra=False) -> step_fn``
 
 ``run(workdir, state, step_fn, batch_fn, *, steps, log_every=100,
 checkpoint_every=None, keep=3, eval_fn=None, eval_every=None, on_log=None,
-max_bad_steps=None, progress=True, jit=True) -> (state, history)``
+max_bad_steps=None, progress=True, jit=True, stop_fn=None) -> (state, history)``
     ``batch_fn(step: int) -> batch`` must be a pure function of the step index
     (the step about to run, counted from 0). ``eval_fn(state) -> dict`` of
     floats (called every ``eval_every`` steps and at the end; logged with an
@@ -68,7 +68,11 @@ max_bad_steps=None, progress=True, jit=True) -> (state, history)``
     metrics file). Raises :class:`NonFiniteError` after ``max_bad_steps``
     non-finite steps in a row (no checkpoint is written during a bad streak,
     so the last good one is kept). With ``checkpoint_every`` set, the last step
-    is checkpointed too.
+    is checkpointed too. ``stop_fn(state) -> bool``, checked after every
+    step, ends the run early (e.g. on a time budget) as if that step were the
+    last: a record, a checkpoint (if ``checkpoint_every`` is set) and the eval.
+    ``jit=False`` when ``step_fn`` is already jitted or wraps a jitted function
+    with Python around it.
 
 A record is logged after every step ``s`` (counting finished steps) that is a
 multiple of ``log_every``, ``eval_every`` or ``checkpoint_every`` and after the
@@ -325,6 +329,7 @@ def run(
     max_bad_steps: int | None = None,
     progress: bool = True,
     jit: bool = True,
+    stop_fn: Callable[[TrainState], bool] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train ``state`` with ``step_fn`` on ``batch_fn(step)`` up to ``steps``.
 
@@ -376,10 +381,12 @@ def run(
                         f"{done}: stopping (max_bad_steps={max_bad_steps}). The updates were "
                         "skipped and the last good checkpoint in "
                         f"{workdir!r} is kept. Lower --learning_rate or set --clip_norm.")
+            stop = stop_fn is not None and bool(stop_fn(state))
+            last = done == steps or stop
             is_ckpt = (manager is not None and checkpoint_every is not None
-                       and (_is_boundary(done, checkpoint_every) or done == steps))
+                       and (_is_boundary(done, checkpoint_every) or last))
             is_eval = eval_fn is not None and _is_boundary(done, eval_every)
-            if not (_is_boundary(done, log_every) or is_ckpt or is_eval or done == steps):
+            if not (_is_boundary(done, log_every) or is_ckpt or is_eval or last):
                 continue
             now = time.perf_counter()
             record: dict[str, Any] = {"step": done}
@@ -390,7 +397,7 @@ def run(
             record["bad_steps"] = _to_json(jax.device_get(state.bad_steps))
             record["total_bad_steps"] = _to_json(jax.device_get(state.total_bad_steps))
             record["steps_per_sec"] = len(window) / max(now - t_window, 1e-9)
-            if eval_fn is not None and (is_eval or done == steps):
+            if eval_fn is not None and (is_eval or last):
                 record.update({f"eval_{k}": _to_json(v) for k, v in eval_fn(state).items()})
             record["time"] = time.time() - t_start
             history.append(record)
@@ -409,6 +416,8 @@ def run(
             if is_ckpt and int(np.max(np.asarray(jax.device_get(state.bad_steps)))) == 0:
                 ckpt.save(manager, done, state)
             window, t_window = [], time.perf_counter()
+            if stop:
+                break
     finally:
         if bar is not None:
             bar.close()

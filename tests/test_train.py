@@ -289,3 +289,13 @@ def test_optimizers_and_schedules_by_name():
         optimizers.make("lbfgs", 0.1)
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
         optimizers.make("sgd", 0.1, schedule="linear")
+
+
+def test_stop_fn_ends_the_run_with_a_record_and_a_checkpoint(tmp_path):
+    opt = optax.adam(0.1)
+    step_fn = train.make_train_step(loss_fn, opt)
+    state, history = train.run(str(tmp_path), fresh_state(opt), step_fn, batch_fn, steps=100,
+                               log_every=10, checkpoint_every=10,
+                               stop_fn=lambda s: int(s.step) >= 13, progress=False)
+    assert int(state.step) == 13 and [r["step"] for r in history] == [10, 13]
+    assert checkpoint.latest_step(str(tmp_path)) == 13
