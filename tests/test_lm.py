@@ -185,3 +185,41 @@ def test_learns_a_tiny_repeating_text_and_samples_it_back():
                     jnp.asarray(vocab.encode("the qu")), length=40, temperature=0.5)
     assert vocab.decode(out) == "ick brown fox. the quick brown fox. the "
     assert losses.bits_per_character(0.0) == 0.0
+
+
+def _run_char_lm(*args, cwd):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "experiments.char_lm", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path):
+    """The README's first command on a tiny file: train, checkpoint, then --sample_only
+    with the saved vocabulary; a bad --data_path stops with its reason."""
+    import json
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = tmp_path / "tiny.txt"
+    data.write_text("ROMEO:\nO, she doth teach the torches to burn bright!\n\n" * 30,
+                    encoding="utf-8")
+    workdir = tmp_path / "run"
+    common = ["--hidden=16", "--batch_size=4", "--seq_len=16", "--eval_tokens=200",
+              "--eval_batch_size=2", "--progress=false", f"--workdir={workdir}"]
+    r = _run_char_lm(f"--data_path={data}", "--steps=30", "--eval_every=15",
+                     "--checkpoint_every=15", "--sample_length=40", *common, cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "validation:" in r.stdout and "bits/char" in r.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["steps"] == 30 and results["valid"]["bits"] > 0
+    vocab = text.Vocabulary.load(str(workdir / "vocab.json"))
+    assert set(vocab.tokens[1:]) == set(data.read_text(encoding="utf-8"))
+    r = _run_char_lm("--sample_only", "--prime=ROMEO:", "--sample_length=30", *common,
+                     cwd=repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "loaded step 30" in r.stdout and "ROMEO:" in r.stdout
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x00\x01" * 500)
+    r = _run_char_lm(f"--data_path={binary}", *common[:-1], f"--workdir={tmp_path / 'bad'}",
+                     cwd=repo)
+    assert r.returncode != 0 and "looks binary" in r.stderr
