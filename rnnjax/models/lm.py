@@ -63,6 +63,8 @@ class LanguageModel(NamedTuple):
       tie_embeddings: readout weights = embedding transposed (needs E == H).
       factors: the MRNN's number of factors F (None: F = H).
       unroll: time steps per ``lax.scan`` iteration (a speed knob).
+      fused: use ``rnnjax.fused``'s hand-written BPTT for tanh/relu/LSTM/GRU cells
+        (faster on CPU); None keeps the cells' default. The MRNN has no fused form.
     """
     vocab_size: int
     cell: str = "lstm"
@@ -73,6 +75,7 @@ class LanguageModel(NamedTuple):
     tie_embeddings: bool = False
     factors: int | None = None
     unroll: int = 1
+    fused: bool | None = None
 
     def validate(self) -> "LanguageModel":
         if self.vocab_size < 2:
@@ -98,7 +101,9 @@ class LanguageModel(NamedTuple):
 
 def make_cells(model: LanguageModel) -> tuple[cells_lib.Cell, ...]:
     """The model's cells, one per layer."""
-    kw = {"factors": model.factors} if model.cell == "mrnn" else {}
+    kw: dict[str, Any] = {"factors": model.factors} if model.cell == "mrnn" else {}
+    if model.fused is not None and model.cell != "mrnn":
+        kw["fused"] = model.fused
     return tuple(cells_lib.by_name(model.cell, model.hidden, **kw) for _ in range(model.layers))
 
 
@@ -182,9 +187,13 @@ def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
     if model.embed_size > 0:
         xs = jnp.take(params["embed"], inputs, axis=0)               # [T, B, E]
         first = cs[0]
-    else:
+    elif cs[0].unroll is None:
         xs = inputs[..., None]                                       # ids as [T, B, 1]
         first = _one_hot_cell(cs[0], model.vocab_size)
+    else:
+        # A cell with its own unroll (fused) projects inside it: give it real one-hots.
+        xs = jax.nn.one_hot(inputs, model.vocab_size, dtype=jnp.float32)   # [T, B, V]
+        first = cs[0]
     new_carry = []
     for i, (c, p, cr) in enumerate(zip((first,) + cs[1:], params["layers"], carry)):
         if i > 0 or model.embed_size > 0:
