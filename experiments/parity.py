@@ -58,7 +58,11 @@ flags.DEFINE_integer("lecture_steps", 1500, "Training steps of the lecture-archi
 flags.DEFINE_integer("lecture_seeds", 8, "Seeds of the lecture-architecture network, trained "
                      "at once with jax.vmap; the best is reported.")
 
+flags.DEFINE_list("models", ["rnn", "lecture", "window"], "Which models to train: any of "
+                  "rnn, lecture, window.")
+
 PARITY = synthetic.get("parity")
+MODELS = ("rnn", "lecture", "window")
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -75,10 +79,19 @@ def steep(cell: cells.Cell, beta: float) -> cells.Cell:
         return cell
     if not cell.name.startswith("vanilla"):
         raise ValueError(f"--steepness applies to vanilla cells (tanh, logistic, ...), not {cell.name}")
+
+    def scaled(p: dict) -> dict:
+        # beta * (x W_xh + h W_hh + b_h) == x (beta W_xh) + h (beta W_hh) + beta b_h
+        return {k: beta * v if k in ("W_xh", "W_hh", "b_h") else v for k, v in p.items()}
+
+    base_unroll = cell.unroll
     return cell._replace(
         name=f"{cell.name}*{beta:g}",
-        project=lambda p, xs: beta * cell.project(p, xs),
-        recurrent_step=lambda p, h, xp: cell.recurrent_step({**p, "W_hh": beta * p["W_hh"]}, h, xp))
+        project=lambda p, xs: cell.project(scaled(p), xs),
+        recurrent_step=lambda p, h, xp: cell.recurrent_step(scaled(p), h, xp),
+        # The cell's own (fused) unroll, if it has one, on the scaled weights.
+        unroll=None if base_unroll is None else (
+            lambda p, xs, **kw: base_unroll(scaled(p), xs, **kw)))
 
 
 def init_rnn(key: jax.Array, cell: cells.Cell) -> dict:
@@ -344,13 +357,29 @@ def rnn_unit_functions(cell: cells.Cell, params: dict, key: jax.Array, length: i
 
 def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str], None] = print
                    ) -> dict[str, Any]:
-    """Train the three models and measure them; returns the results dict."""
+    """Train the models of ``cfg["models"]`` and measure them; returns the results dict."""
     length = cfg["train_length"]
     test_lengths = [length] + [length * f for f in cfg["length_factors"]]
     eval_key = jax.random.fold_in(jax.random.key(cfg["seed"]), 0xE7A1)  # held out: other stream
     results: dict[str, Any] = {"train_length": length, "test_lengths": test_lengths}
 
-    # 1. The RNN.
+    models = cfg.get("models", MODELS)
+    lecture_params = None
+    if "rnn" in models:
+        results["rnn"] = train_and_measure_rnn(cfg, workdir, eval_key, test_lengths)
+    if "lecture" in models:
+        lecture_params, results["lecture"] = train_and_measure_lecture(
+            cfg, workdir, eval_key, test_lengths)
+    if "window" in models:
+        results["window"] = train_and_measure_window(cfg, workdir, eval_key, test_lengths)
+    log(report(results, lecture_params))
+    return results
+
+
+def train_and_measure_rnn(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+                          test_lengths: list[int]) -> dict[str, Any]:
+    """Model 1: the RNN of --cell/--hidden/--steepness, trained and tested."""
+    length = cfg["train_length"]
     cell = steep(cells.by_name(cfg["cell"], cfg["hidden"]), cfg["steepness"])
     rnn_fn = functools.partial(rnn_logits, cell)
     optimizer = optimizers.make(cfg["optimizer"], cfg["learning_rate"], schedule=cfg["lr_schedule"],
@@ -362,18 +391,22 @@ def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str]
         checkpoint_every=cfg["checkpoint_every"] or None, keep=cfg["keep_checkpoints"],
         max_bad_steps=cfg["max_bad_steps"], progress=cfg["progress"])
     rnn_params = state.params
-    results["rnn"] = {"cell": cell.name, "hidden": cfg["hidden"], "steps": cfg["steps"],
-                      "final_train_loss": history[-1]["loss"],
-                      "accuracy": {L: accuracy(rnn_fn, rnn_params, eval_key, L, cfg["eval_sequences"])
-                                   for L in test_lengths},
-                      "unit_functions": rnn_unit_functions(cell, rnn_params, eval_key)}
+    return {"cell": cell.name, "hidden": cfg["hidden"], "steps": cfg["steps"],
+            "final_train_loss": history[-1]["loss"],
+            "accuracy": {L: accuracy(rnn_fn, rnn_params, eval_key, L, cfg["eval_sequences"])
+                         for L in test_lengths},
+            "unit_functions": rnn_unit_functions(cell, rnn_params, eval_key)}
 
-    # 2. The lecture's architecture, learned.
+
+def train_and_measure_lecture(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+                              test_lengths: list[int]) -> tuple[dict, dict[str, Any]]:
+    """Model 2: the lecture's architecture from several seeds; the best one measured."""
+    length = cfg["train_length"]
     lecture_params, member_losses = train_lecture_networks(
         _subdir(workdir, "lecture"), seeds=cfg["lecture_seeds"], steps=cfg["lecture_steps"],
         seed=cfg["seed"], batch_size=cfg["batch_size"], length=length, learning_rate=0.05,
         log_every=cfg["log_every"])
-    results["lecture"] = {
+    return lecture_params, {
         "seeds": cfg["lecture_seeds"], "member_final_losses": member_losses,
         "accuracy": {L: accuracy(lecture_logits, lecture_params, eval_key, L, cfg["eval_sequences"])
                      for L in test_lengths},
@@ -382,7 +415,12 @@ def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str]
         "hand_set_truth_tables": lecture_truth_tables(handset.parity_network().params),
         "weights": jax.tree.map(lambda x: np.asarray(x).tolist(), lecture_params)}
 
-    # 3. The feed-forward window.
+
+
+def train_and_measure_window(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+                             test_lengths: list[int]) -> dict[str, Any]:
+    """Model 3: the feed-forward network on a window of the last k inputs."""
+    length = cfg["train_length"]
     k = cfg["window"] or length
     mlp_fn = functools.partial(mlp_logits, k)
     state, history = train_model(
@@ -390,13 +428,9 @@ def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str]
         mlp_fn, steps=cfg["window_steps"], seed=cfg["seed"], batch_size=cfg["batch_size"],
         length=length, optimizer=optimizers.make("adam", 3e-3), clip_norm=None,
         log_every=cfg["log_every"])
-    results["window"] = {"window": k, "final_train_loss": history[-1]["loss"],
-                         "accuracy": {L: accuracy(mlp_fn, state.params, eval_key, L,
-                                                  cfg["eval_sequences"], split=k)
-                                      for L in test_lengths}}
-
-    log(report(results, lecture_params))
-    return results
+    return {"window": k, "final_train_loss": history[-1]["loss"],
+            "accuracy": {L: accuracy(mlp_fn, state.params, eval_key, L, cfg["eval_sequences"],
+                                     split=k) for L in test_lengths}}
 
 
 def report(results: dict[str, Any], lecture_params: dict | None = None) -> str:
@@ -404,30 +438,35 @@ def report(results: dict[str, Any], lecture_params: dict | None = None) -> str:
     lines = [f"Running parity, trained on length {results['train_length']}; held-out accuracy "
              "(per step / whole sequences):",
              f"{'model':34s}" + "".join(f"{'T=' + str(L):>18s}" for L in results["test_lengths"])]
-    names = {"rnn": f"RNN {results['rnn']['cell']}, H={results['rnn']['hidden']}",
-             "lecture": "lecture architecture (2+1 units)",
-             "window": f"feed-forward, window {results['window']['window']}"}
+    names = {"rnn": lambda r: f"RNN {r['cell']}, H={r['hidden']}",
+             "lecture": lambda r: "lecture architecture (2+1 units)",
+             "window": lambda r: f"feed-forward, window {r['window']}"}
     for model, label in names.items():
+        if model not in results:
+            continue
         accs = results[model]["accuracy"]
-        lines.append(f"{label:34s}" + "".join(
+        lines.append(f"{label(results[model]):34s}" + "".join(
             f"{accs[L]['step']:>10.4f} /{accs[L]['sequence']:6.3f}" for L in results["test_lengths"]))
-    w = results["window"]
     long = results["test_lengths"][-1]
-    lines.append(f"feed-forward at T={long}: per-step accuracy on the first {w['window']} steps "
-                 f"{w['accuracy'][long]['early']:.3f}, on the steps beyond its window "
-                 f"{w['accuracy'][long]['late']:.3f} (chance: 0.5)")
-    lines.append(f"RNN hidden units as functions of (previous parity, input): "
-                 f"{results['rnn']['unit_functions']}")
-    lec = results["lecture"]
-    lines.append(f"Lecture architecture, best of {lec['seeds']} seeds (final losses "
-                 + ", ".join(f"{x:.3g}" for x in lec["member_final_losses"]) + ")")
-    lines.append(f"  learned truth tables:  {lec['truth_tables']}")
-    lines.append(f"  the same, NAND/NOR units negated and AND first (an equivalent network): "
-                 f"{lec['canonical_truth_tables']}")
-    lines.append(f"  hand-set truth tables: {lec['hand_set_truth_tables']}")
-    if lecture_params is not None:
-        lines.append("  " + lecture_weight_table(lecture_params).replace("\n", "\n  "))
-    return "\n".join(line for line in lines if line)
+    if "window" in results:
+        w = results["window"]
+        lines.append(f"feed-forward at T={long}: per-step accuracy on the first {w['window']} "
+                     f"steps {w['accuracy'][long]['early']:.3f}, on the steps beyond its window "
+                     f"{w['accuracy'][long]['late']:.3f} (chance: 0.5)")
+    if "rnn" in results:
+        lines.append(f"RNN hidden units as functions of (previous parity, input): "
+                     f"{results['rnn']['unit_functions']}")
+    if "lecture" in results:
+        lec = results["lecture"]
+        lines.append(f"Lecture architecture, best of {lec['seeds']} seeds (final losses "
+                     + ", ".join(f"{x:.3g}" for x in lec["member_final_losses"]) + ")")
+        lines.append(f"  learned truth tables:  {lec['truth_tables']}")
+        lines.append(f"  the same, NAND/NOR units negated and AND first (an equivalent network): "
+                     f"{lec['canonical_truth_tables']}")
+        lines.append(f"  hand-set truth tables: {lec['hand_set_truth_tables']}")
+        if lecture_params is not None:
+            lines.append("  " + lecture_weight_table(lecture_params).replace("\n", "\n  "))
+    return "\n".join(lines)
 
 
 def config_from_flags() -> dict[str, Any]:
@@ -443,6 +482,9 @@ def config_from_flags() -> dict[str, Any]:
                              "expected a comma-separated list of positive integers, e.g. 10,100.")
     for name in ("eval_sequences", "window_hidden", "window_steps", "lecture_steps", "lecture_seeds"):
         common.check_positive_int(name, FLAGS[name].value)
+    if not FLAGS.models or set(FLAGS.models) - set(MODELS):
+        raise app.UsageError(f"--models={','.join(FLAGS.models)!r} is invalid: accepted: a "
+                             f"comma-separated subset of {', '.join(MODELS)}")
     if FLAGS.window is not None:
         common.check_positive_int("window", FLAGS.window)
     if not FLAGS.steepness > 0:
@@ -454,7 +496,7 @@ def config_from_flags() -> dict[str, Any]:
                eval_sequences=FLAGS.eval_sequences, window=FLAGS.window,
                window_hidden=FLAGS.window_hidden, window_steps=FLAGS.window_steps,
                lecture_steps=FLAGS.lecture_steps, lecture_seeds=FLAGS.lecture_seeds,
-               steepness=FLAGS.steepness)
+               steepness=FLAGS.steepness, models=list(FLAGS.models))
     return cfg
 
 
