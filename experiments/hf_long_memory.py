@@ -42,13 +42,22 @@ from rnnjax.optim import hessian_free
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-flags.DEFINE_integer("seq_len", 20, "Sequence length T.")
-flags.DEFINE_integer("eval_every", 50, "Check the error rate every N updates.")
-flags.DEFINE_integer("eval_sequences", 1000, "Fresh sequences in the periodic check.")
-flags.DEFINE_float("max_minutes", 5.0, "Stop after this much training wall time.")
-flags.DEFINE_string("results", None, "Append the outcome as one JSON line to this file.")
-flags.DEFINE_string("save_params", None, "Save the trained params (.npz) here.")
+
+
+def _define(kind: str, name: str, default, help_text: str) -> None:
+    # experiments.long_memory defines some of the same flags; a process that
+    # imports both must not define them twice.
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
+_define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
+_define("integer", "seq_len", 20, "Sequence length T.")
+_define("integer", "eval_every", 50, "Check the error rate every N updates.")
+_define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
+_define("float", "max_minutes", 5.0, "Stop after this much training wall time.")
+_define("string", "results", None, "Append the outcome as one JSON line to this file.")
+_define("string", "save_params", None, "Save the trained params (.npz) here.")
 
 
 def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):

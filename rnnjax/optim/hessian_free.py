@@ -33,7 +33,8 @@ One update (:func:`hessian_free` ``.update``), following Martens (2010) §4:
 4. CG backtracking: the iterates kept at geometrically spaced iterations
    (ceil(1.3^k)) and the last one are scored on the loss; the best is chosen;
 5. the reduction ratio ρ = (f(θ+p) − f(θ)) / (gᵀp + ½ pᵀGp) (the undamped
-   model) moves λ by the Levenberg–Marquardt rule (ρ < ¼: λ·3/2; ρ > ¾: λ·2/3);
+   model; 0 where that model predicts no decrease) moves λ by the
+   Levenberg–Marquardt rule (ρ < ¼: λ·3/2; ρ > ¾: λ·2/3);
 6. a backtracking (Armijo) line search on the final step: rate 1, 0.8, 0.8², …
    until f(θ + rate·p) ≤ f(θ) + 0.01·rate·gᵀp; no step if none passes.
 
@@ -49,7 +50,8 @@ With the team's training loop (:mod:`rnnjax.train`)::
 
 Batches are any pytree; the built-in losses read ``batch["targets"]`` and
 ``batch.get("mask")`` (or the attributes ``batch.targets``, ``batch.mask`` of a
-NamedTuple such as :class:`rnnjax.data.synthetic.Batch`) unless given other accessors. ``example_axes`` says where
+NamedTuple such as :class:`rnnjax.data.synthetic.Batch`) unless given other
+accessors. ``example_axes`` says where
 the examples lie in each leaf of a batch (e.g. ``{"inputs": 1, "targets": 0}``
 for time-major inputs [T, B, D] with one target per sequence [B]); it is needed
 to cut the curvature batch and for the preconditioner's per-example gradients.
@@ -597,8 +599,10 @@ def hessian_free(
 
         slope = jnp.vdot(g, p)
         model_decrease = slope + 0.5 * jnp.vdot(p, gv(p, 0.0))  # undamped model q(p) − q(0)
-        rho = (f_p - loss0) / model_decrease
-        rho = jnp.where(jnp.isfinite(rho) & (model_decrease < 0), rho, -jnp.inf)
+        # ρ is undefined when the model predicts no decrease (possible for an early
+        # iterate of a warm-started CG) or the loss is not finite: count it as 0 (bad).
+        defined = (model_decrease < 0) & jnp.isfinite(f_p)
+        rho = jnp.where(defined, (f_p - loss0) / jnp.where(defined, model_decrease, -1.0), 0.0)
         new_lam = update_damping(lam, rho, boost=damping_boost, drop=damping_drop,
                                  min_damping=min_damping)
 
