@@ -178,19 +178,21 @@ def _dot(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
-def _maybe_fused(cell: Cell, fused: bool, kind: str, dtype, activation: str | None = None) -> Cell:
-    """Use rnnjax.fused's hand-written BPTT (custom_vjp) when asked and available.
+def _maybe_fused(cell: Cell, fused: bool | str, kind: str, dtype,
+                 activation: str | None = None) -> Cell:
+    """Use rnnjax.fused's hand-written derivatives when asked and available.
 
+    ``fused=True`` (or ``"jvp"``): custom JVP, all autodiff works; ``"vjp"``: custom
+    VJP, reverse mode only, a little faster; ``False``: the plain ``lax.scan``.
     Available for float32 compute (``dtype=None``) and, for vanilla cells, the
     activations in ``fused.VANILLA_ACTIVATIONS``; otherwise the generic scan.
-    ``fused=False`` keeps the plain differentiable scan (needed for ``jax.jvp``).
     """
-    if not fused or dtype is not None:
+    if fused is False or dtype is not None:
         return cell
     from rnnjax import fused as fused_lib  # late import: rnnjax.fused builds on this module
     if kind == "vanilla" and activation not in fused_lib.VANILLA_ACTIVATIONS:
         return cell
-    return fused_lib.attach(cell, kind, activation)
+    return fused_lib.attach(cell, kind, activation, "jvp" if fused is True else fused)
 
 
 # ----------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def vanilla(
     spectral_radius: float | None = None,
     use_bias: bool = True,
     dtype=None,
-    fused: bool = True,
+    fused: bool | str = True,
 ) -> Cell:
     """The vanilla RNN cell ``h_t = act(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
@@ -222,8 +224,9 @@ def vanilla(
       spectral_radius: if set, W_hh is rescaled to this spectral radius.
       dtype: compute dtype of the matmuls (e.g. ``jnp.bfloat16``); params and
         accumulation stay float32.
-      fused: unroll with the hand-written BPTT of ``rnnjax.fused`` (faster; no
-        forward-mode autodiff). ``False``: the plain ``lax.scan``, for ``jax.jvp``.
+      fused: unroll with the hand-written derivatives of ``rnnjax.fused`` (faster;
+        ``True``/``"jvp"`` supports all autodiff, ``"vjp"`` reverse mode only);
+        ``False``: the plain ``lax.scan``.
 
     Params: ``W_xh`` [D, H], ``W_hh`` [H, H], ``b_h`` [H], and ``h0`` [H] if learned.
     """
@@ -275,7 +278,7 @@ def lstm(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
-    fused: bool = True,
+    fused: bool | str = True,
 ) -> Cell:
     """LSTM cell; carry ``LSTMCarry(c, h)``.
 
@@ -335,7 +338,7 @@ def gru(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
-    fused: bool = True,
+    fused: bool | str = True,
 ) -> Cell:
     """GRU cell.
 

@@ -1,0 +1,334 @@
+"""Time one character-level language-model training step: rnnjax beside PyTorch and Flax.
+
+The step: tokens [B, T] from a vocabulary of V = 65, one-hot (or embedded) inputs,
+one recurrent layer of H = 256 (vanilla tanh, LSTM or GRU), a linear readout to
+V logits at every step, mean cross-entropy over all B*T positions, its gradient,
+and an Adam update; the loss is fetched to the host at every step, as a training
+loop that logs it would. Defaults: B = 32, T = 100.
+
+Columns:
+  torch        PyTorch's nn.RNN / nn.LSTM / nn.GRU + nn.Linear, torch.optim.Adam.
+  flax         flax.linen nn.RNN(SimpleCell / LSTMCell / GRUCell) + nn.Dense, optax.adam.
+  rnnjax_scan  rnnjax's generic lax.scan (cells.X(..., fused=False)), jax.grad through it.
+  rnnjax       rnnjax's default cells (rnnjax.fused, custom-JVP mode: all autodiff works).
+  rnnjax_vjp   cells.X(..., fused="vjp"): the custom-VJP mode (reverse mode only).
+
+All models run in one process, interleaved round by round so that a busy
+machine slows them alike; the table gives medians and the range over rounds.
+The process re-executes itself under one allocator (``--allocator``, default
+mimalloc from the ``cmeel-mimalloc`` wheel when installed), the same for all
+frameworks. ``matmul %`` is the model's matmul FLOPs per second as a fraction of
+a large float32 matmul's rate measured in the same run (the best of JAX and torch).
+
+    python -m bench.lm_step                          # all cells, all frameworks
+    python -m bench.lm_step --cells=lstm --rounds=9 --input=embedding
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+from rnnjax import allocator
+
+FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp")
+CELLS = ("tanh", "lstm", "gru")
+GATES = {"tanh": 1, "lstm": 4, "gru": 3}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("cells", list(CELLS), f"cells to time, from {CELLS}")
+flags.DEFINE_list("frameworks", ["torch", "flax", "rnnjax_scan", "rnnjax"],
+                  f"columns, from {FRAMEWORKS}")
+flags.DEFINE_integer("batch", 32, "B")
+flags.DEFINE_integer("length", 100, "T")
+flags.DEFINE_integer("hidden", 256, "H")
+flags.DEFINE_integer("vocab", 65, "V")
+flags.DEFINE_enum("input", "onehot", ["onehot", "embedding"],
+                  "one-hot inputs (D = V) or a learned embedding of size --embed")
+flags.DEFINE_integer("embed", 64, "embedding size with --input=embedding")
+flags.DEFINE_integer("steps", 10, "timed steps per round")
+flags.DEFINE_integer("rounds", 5, "rounds; each times every model once")
+flags.DEFINE_integer("warmup", 3, "untimed steps after compiling")
+flags.DEFINE_list("unroll", ["tanh:8", "lstm:1", "gru:1"],
+                  "rnnjax unroll per cell, as cell:n (JAX models only)")
+flags.DEFINE_enum("allocator", "auto", list(allocator.ALLOCATORS),
+                  "allocator for the whole process (all frameworks alike)")
+flags.DEFINE_float("learning_rate", 2e-3, "Adam step size")
+flags.DEFINE_integer("threads", 0,
+                     "threads per framework (torch.set_num_threads and XLA's CPU thread pool); "
+                     "0 = their defaults (all cores). On a shared, loaded machine use 1: torch's "
+                     "OpenMP threads spin-wait for descheduled peers and slow down 10x")
+
+
+# ----------------------------------------------------------------------------
+# FLOPs and the machine's matmul rate
+# ----------------------------------------------------------------------------
+
+def model_flops(cell: str, B: int, T: int, H: int, V: int, D: int) -> float:
+    """Matmul FLOPs of one training step: forward, input/hidden gradients, weight gradients."""
+    G = GATES[cell] * H
+    recurrent = 2 * T * B * H * G * 3      # h W_hh forward, dh W_hh^T, dW_hh
+    projection = 2 * T * B * D * G * 2     # x W_xh forward and dW_xh (no dx for data)
+    readout = 2 * T * B * H * V * 3
+    return float(recurrent + projection + readout)
+
+
+def matmul_rate(n: int = 1024, repeats: int = 5, clock=time.perf_counter) -> float:
+    """The best float32 GFLOP/s of an n x n x n matmul, in JAX and in torch, by ``clock``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = 0.0
+    for _ in range(repeats):
+        t = clock()
+        f(a, a).block_until_ready()
+        best = max(best, 2 * n ** 3 / (clock() - t) / 1e9)
+    try:
+        import torch
+        x = torch.randn(n, n)
+        x @ x
+        for _ in range(repeats):
+            t = clock()
+            x @ x
+            best = max(best, 2 * n ** 3 / (clock() - t) / 1e9)
+    except ImportError:
+        pass
+    return best
+
+
+# ----------------------------------------------------------------------------
+# The models: each builder returns (compile_seconds, step) where step() runs one
+# training step and returns the loss as a Python float.
+# ----------------------------------------------------------------------------
+
+def _data(B, T, V, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, V, (T + 1, B))  # time-major
+    return tokens[:-1], tokens[1:]
+
+
+def build_jax(framework: str, cell_name: str, cfg: dict):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
+    onehot = cfg["input"] == "onehot"
+    x_np, y_np = _data(B, T, V)
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+    key = jax.random.PRNGKey(0)
+    opt = optax.adam(cfg["lr"])
+
+    if framework == "flax":
+        import flax.linen as nn
+        cell_cls = {"tanh": nn.SimpleCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[cell_name]
+
+        class LM(nn.Module):
+            @nn.compact
+            def __call__(self, tokens):  # [T, B]
+                xs = (jax.nn.one_hot(tokens, V) if onehot
+                      else nn.Embed(V, E, name="embed")(tokens))
+                hs = nn.RNN(cell_cls(H), time_major=True)(xs)
+                return nn.Dense(V, name="readout")(hs)
+
+        model = LM()
+        params = model.init(key, x)["params"]
+
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    else:
+        from rnnjax import cells, recurrence
+        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp"}[framework]
+        cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
+                "lstm": lambda: cells.lstm(H, fused=fused),
+                "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()
+        unroll = cfg["unroll"].get(cell_name, 1)
+        k1, k2, k3 = jax.random.split(key, 3)
+        D = V if onehot else E
+        params = {"rnn": cell.init(k1, D),
+                  "W_hy": jax.random.normal(k2, (H, V)) / jnp.sqrt(H),
+                  "b_y": jnp.zeros((V,))}
+        if not onehot:
+            params["embed"] = jax.random.normal(k3, (V, E))
+
+        def loss_fn(p):
+            xs = jax.nn.one_hot(x, V) if onehot else p["embed"][x]
+            _, hs = recurrence.unroll(cell, p["rnn"], xs, unroll=unroll)
+            logits = hs @ p["W_hy"] + p["b_y"]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def train_step(p, s):
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    state = [params, opt.init(params)]
+    t0, c0 = time.perf_counter(), time.process_time()
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state).compile()
+    compile_s = (time.perf_counter() - t0, time.process_time() - c0)
+
+    def step() -> float:
+        state[0], state[1], loss = compiled(*state)
+        return float(loss)
+
+    return compile_s, step
+
+
+def build_torch(cell_name: str, cfg: dict):
+    import torch
+
+    B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
+    onehot = cfg["input"] == "onehot"
+    torch.manual_seed(0)
+    x_np, y_np = _data(B, T, V)
+    x, y = torch.as_tensor(x_np), torch.as_tensor(y_np)
+    rnn_cls = {"tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell_name]
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = None if onehot else torch.nn.Embedding(V, E)
+            self.rnn = rnn_cls(V if onehot else E, H)  # [T, B, D] layout
+            self.readout = torch.nn.Linear(H, V)
+
+        def forward(self, tokens):
+            xs = (torch.nn.functional.one_hot(tokens, V).float() if onehot
+                  else self.embed(tokens))
+            hs, _ = self.rnn(xs)
+            return self.readout(hs)
+
+    model = LM()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    step()  # eager: the first step is the nearest thing to a compile
+    return (time.perf_counter() - t0, time.process_time() - c0), step
+
+
+def _time(step, n: int) -> tuple[float, float]:
+    """Seconds per step: (wall clock, this process's CPU time)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        loss = step()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if loss != loss:
+        raise FloatingPointError("loss became NaN during the benchmark")
+    return wall / n, cpu / n
+
+
+def main(argv):
+    del argv
+    allocator.ensure(FLAGS.allocator)  # re-executes once, before anything is allocated
+    bad = [c for c in FLAGS.cells if c not in CELLS] + [f for f in FLAGS.frameworks
+                                                        if f not in FRAMEWORKS]
+    if bad:
+        raise app.UsageError(f"unknown --cells/--frameworks {bad}; accepted cells {CELLS}, "
+                             f"frameworks {FRAMEWORKS}")
+    try:
+        unroll = {k: int(v) for k, v in (item.split(":") for item in FLAGS.unroll)}
+    except ValueError:
+        raise app.UsageError(f"--unroll must look like tanh:8,lstm:1, got {FLAGS.unroll}")
+
+    if FLAGS.threads < 0:
+        raise app.UsageError(f"--threads must be >= 0, got {FLAGS.threads}")
+    if FLAGS.threads:  # read when XLA's CPU backend starts, i.e. before the first jax op
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_cpu_multi_thread_eigen={FLAGS.threads > 1}"
+                                   f" intra_op_parallelism_threads={FLAGS.threads}")
+    frameworks = list(FLAGS.frameworks)
+    if "torch" in frameworks:
+        try:
+            import torch
+            if FLAGS.threads:
+                torch.set_num_threads(FLAGS.threads)
+            torch_info = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        except ImportError:
+            print("torch is not installed (pip install '.[bench]'); skipping the torch column",
+                  file=sys.stderr)
+            frameworks.remove("torch")
+            torch_info = "torch missing"
+    else:
+        torch_info = "torch not run"
+    import flax
+    import jax
+
+    cfg = dict(B=FLAGS.batch, T=FLAGS.length, H=FLAGS.hidden, V=FLAGS.vocab, E=FLAGS.embed,
+               input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll)
+    D = cfg["V"] if cfg["input"] == "onehot" else cfg["E"]
+    tokens = cfg["B"] * cfg["T"]
+    print(f"# lm_step: B={cfg['B']} T={cfg['T']} H={cfg['H']} V={cfg['V']} input={cfg['input']} "
+          f"Adam; steps/round={FLAGS.steps} rounds={FLAGS.rounds}; rnnjax unroll {unroll}")
+    print(f"# jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
+          f"{torch_info}; allocator: {allocator.current()}; --threads={FLAGS.threads}")
+    peak = matmul_rate(clock=time.process_time)
+    peak_wall = matmul_rate()
+    print(f"# float32 matmul rate (1024^3, best of JAX/torch): {peak:.0f} GFLOP per CPU-second, "
+          f"{peak_wall:.0f} GFLOP/s wall")
+
+    models = {}
+    for cell in FLAGS.cells:
+        for fw in frameworks:
+            compile_s, step = (build_torch(cell, cfg) if fw == "torch"
+                               else build_jax(fw, cell, cfg))
+            for _ in range(FLAGS.warmup):
+                step()
+            models[(cell, fw)] = (compile_s, step)
+            print(f"# built {cell}/{fw}: compile {compile_s[0]:.2f} s wall, "
+                  f"{compile_s[1]:.2f} s cpu", flush=True)
+
+    times = {k: [] for k in models}
+    for r in range(FLAGS.rounds):
+        for k, (_, step) in models.items():
+            times[k].append(_time(step, FLAGS.steps))
+        print(f"# round {r + 1}/{FLAGS.rounds} done", flush=True)
+
+    print()
+    print("tokens/s: wall clock; tokens/cpu-s: per second of this process's CPU time (robust "
+          "on a shared machine when --threads=1). Ratios are per round, medians (range).")
+    print()
+    print("| cell | framework | tokens/cpu-s | range | vs torch (cpu) | tokens/s (wall) | range "
+          "| vs torch (wall) | compile s (wall / cpu) | matmul % (cpu) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ratio(ref, ts):
+        rs = [tr / t for tr, t in zip(ref, ts)]
+        return f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})"
+
+    for cell in FLAGS.cells:
+        flops = model_flops(cell, cfg["B"], cfg["T"], cfg["H"], cfg["V"], D)
+        ref = times.get((cell, "torch"))
+        for fw in frameworks:
+            wall = [t[0] for t in times[(cell, fw)]]
+            cpu = [t[1] for t in times[(cell, fw)]]
+            cols = []
+            for i, ts in enumerate((cpu, wall)):
+                rates = [tokens / t for t in ts]
+                cols += [f"{statistics.median(rates) / 1e3:.1f}k",
+                         f"{min(rates) / 1e3:.1f}k-{max(rates) / 1e3:.1f}k",
+                         ratio([t[1 - i] for t in ref], ts) if ref else "-"]
+            util = flops / statistics.median(cpu) / 1e9 / peak
+            c_wall, c_cpu = models[(cell, fw)][0]
+            print(f"| {cell} | {fw} | " + " | ".join(cols) +
+                  f" | {c_wall:.2f} / {c_cpu:.2f} | {100 * util:.0f}% |")
+
+
+if __name__ == "__main__":
+    app.run(main)
