@@ -39,30 +39,45 @@ COMMON_FLAGS = (
 
 
 def _define() -> None:
-    # Defined once per process even if several modules import this one.
-    if "workdir" in FLAGS:
-        return
-    flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, checkpoints and side "
-                        "files; a rerun with the same workdir resumes from the last checkpoint. "
-                        "Unset: train without writing files.")
-    flags.DEFINE_integer("seed", 0, "Seed of every PRNG stream (init, data, dropout).")
-    flags.DEFINE_integer("steps", 1000, "Total number of training steps (a positive integer).")
-    flags.DEFINE_integer("batch_size", 32, "Sequences per batch (a positive integer).")
-    flags.DEFINE_string("optimizer", "adam", "One of: " + ", ".join(optimizers.OPTIMIZERS) + ".")
-    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (a positive number).")
-    flags.DEFINE_string("lr_schedule", "constant",
-                        "Learning-rate schedule, one of: " + ", ".join(optimizers.SCHEDULES) + ".")
-    flags.DEFINE_integer("warmup_steps", 0, "Linear warmup steps for --lr_schedule=warmup_cosine.")
-    flags.DEFINE_string("cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
-    flags.DEFINE_integer("hidden", 32, "Hidden units per layer (a positive integer).")
-    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "
-                       "2013); a positive number, or unset for no clipping.")
-    flags.DEFINE_integer("log_every", 100, "Write a metrics.jsonl record every N steps.")
-    flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: never).")
-    flags.DEFINE_integer("keep_checkpoints", 3, "Keep the last K checkpoints.")
-    flags.DEFINE_integer("max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
-                         "in a row; their updates are skipped.")
-    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    # Each flag is defined once per process, whichever module (this one, or a
+    # sweep driver that has its own --workdir) defines it first.
+    if "workdir" not in FLAGS:
+        flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, checkpoints and side "
+                            "files; a rerun with the same workdir resumes from the last checkpoint. "
+                            "Unset: train without writing files.")
+    if "seed" not in FLAGS:
+        flags.DEFINE_integer("seed", 0, "Seed of every PRNG stream (init, data, dropout).")
+    if "steps" not in FLAGS:
+        flags.DEFINE_integer("steps", 1000, "Total number of training steps (a positive integer).")
+    if "batch_size" not in FLAGS:
+        flags.DEFINE_integer("batch_size", 32, "Sequences per batch (a positive integer).")
+    if "optimizer" not in FLAGS:
+        flags.DEFINE_string("optimizer", "adam", "One of: " + ", ".join(optimizers.OPTIMIZERS) + ".")
+    if "learning_rate" not in FLAGS:
+        flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (a positive number).")
+    if "lr_schedule" not in FLAGS:
+        flags.DEFINE_string("lr_schedule", "constant",
+                            "Learning-rate schedule, one of: " + ", ".join(optimizers.SCHEDULES) + ".")
+    if "warmup_steps" not in FLAGS:
+        flags.DEFINE_integer("warmup_steps", 0, "Linear warmup steps for --lr_schedule=warmup_cosine.")
+    if "cell" not in FLAGS:
+        flags.DEFINE_string("cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
+    if "hidden" not in FLAGS:
+        flags.DEFINE_integer("hidden", 32, "Hidden units per layer (a positive integer).")
+    if "clip_norm" not in FLAGS:
+        flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "
+                           "2013); a positive number, or unset for no clipping.")
+    if "log_every" not in FLAGS:
+        flags.DEFINE_integer("log_every", 100, "Write a metrics.jsonl record every N steps.")
+    if "checkpoint_every" not in FLAGS:
+        flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: never).")
+    if "keep_checkpoints" not in FLAGS:
+        flags.DEFINE_integer("keep_checkpoints", 3, "Keep the last K checkpoints.")
+    if "max_bad_steps" not in FLAGS:
+        flags.DEFINE_integer("max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
+                             "in a row; their updates are skipped.")
+    if "progress" not in FLAGS:
+        flags.DEFINE_bool("progress", True, "Show a progress bar.")
     # Orbax and JAX log every checkpoint at INFO through absl; keep the
     # terminal for the progress bar and results (--verbosity=0 shows them).
     FLAGS.set_default("verbosity", -1)

@@ -43,7 +43,8 @@ from rnnjax import sweep as rsweep
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", None, "The experiment module to sweep: experiments.<name>.")
-flags.DEFINE_string("workdir", None, "Root directory of the sweep; each run gets a subdirectory.")
+if "workdir" not in FLAGS:  # experiments.flags may have defined it (same meaning: where files go)
+    flags.DEFINE_string("workdir", None, "Root directory of the sweep; each run gets a subdirectory.")
 flags.DEFINE_multi_string("grid", [], "NAME=V1,V2,...: a flag of the experiment and its values; "
                           "repeat for more axes (the runs are their cartesian product).")
 flags.DEFINE_integer("seeds", 1, "Seeds per grid point (--seed=0..N-1).")
