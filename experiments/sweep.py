@@ -235,7 +235,8 @@ def main(argv: list[str]) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     if not module.startswith("experiments.") or not os.path.exists(
             os.path.join(here, module.split(".", 1)[1] + ".py")):
-        names = sorted(p[:-3] for p in os.listdir(here) if p.endswith(".py") and not p.startswith("_"))
+        names = sorted(p[:-3] for p in os.listdir(here) if p.endswith(".py")
+                       and not p.startswith("_") and not p.endswith("flags.py") and p != "sweep.py")
         raise app.UsageError(f"--experiment={FLAGS.experiment!r} is invalid: accepted: {', '.join(names)}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: the sweep's root directory")
