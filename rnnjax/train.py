@@ -50,7 +50,14 @@ uses_extra=False) -> step_fn``
     or Inf leaves ``params``, ``opt_state`` and ``extra`` unchanged and counts
     itself in ``bad_steps``; ``step`` still advances, so the next batch is new.
 
-``make_eval_step(metric_fn) -> eval_fn(params, batch) -> metrics`` (jitted).
+``guarded_update(state, new_params, new_opt_state, finite, new_extra=None,
+update_extra=False) -> TrainState``
+    The guard and counters for optimizers that write their own step.
+
+``make_eval_step(metric_fn) -> eval_fn(params, batch) -> metrics`` (jitted);
+``evaluate(eval_step, params, batches) -> dict`` (means over batches).
+
+``read_metrics(workdir) -> list[dict]``: the records of ``metrics.jsonl``.
 
 ``run(workdir, state, step_fn, batch_fn, *, steps, log_every=100,
 checkpoint_every=None, keep=3, eval_fn=None, eval_every=None, on_log=None,
@@ -67,7 +74,9 @@ max_bad_steps=None, progress=True, jit=True, stop_fn=None) -> (state, history)``
     included). ``workdir=None`` trains without files (no checkpoints, no
     metrics file). Raises :class:`NonFiniteError` after ``max_bad_steps``
     non-finite steps in a row (no checkpoint is written during a bad streak,
-    so the last good one is kept). With ``checkpoint_every`` set, the last step
+    so the last good one is kept). For a stacked sweep the streak is the
+    longest among its members: one diverging member stops the sweep unless
+    ``max_bad_steps=None`` (its updates are skipped either way). With ``checkpoint_every`` set, the last step
     is checkpointed too. ``stop_fn(state) -> bool``, checked after every
     step, ends the run early (e.g. on a time budget) as if that step were the
     last: a record, a checkpoint (if ``checkpoint_every`` is set) and the eval.
@@ -372,6 +381,8 @@ def run(
         for s in range(start, steps):
             state, metrics = jitted(state, batch_fn(s))
             window.append(metrics)  # fetched at the next record: no sync per step
+            if bar is not None:
+                bar.update(1)  # tqdm redraws at most every 0.1 s
             done = s + 1
             if max_bad_steps is not None:
                 streak = int(np.max(np.asarray(jax.device_get(state.bad_steps))))
@@ -410,7 +421,6 @@ def run(
                 loss = record["loss"]
                 loss_str = f"{loss:.4g}" if isinstance(loss, float) else f"{np.mean(loss):.4g} (mean)"
                 bar.set_postfix_str(f"loss={loss_str} {record['steps_per_sec']:.1f} steps/s")
-                bar.update(done - bar.n)
             # Never write a checkpoint inside a bad streak: it would push the
             # last good one out of the kept set.
             if is_ckpt and int(np.max(np.asarray(jax.device_get(state.bad_steps)))) == 0:
