@@ -116,7 +116,18 @@ def main(argv):
             with open(results_path, "a") as f:
                 f.write(json.dumps(r) + "\n")
             print(json.dumps(r), flush=True)
-    md = table(results, sorted(lengths), list(FLAGS.variants))
+    # The table covers every run recorded in out_dir (earlier sweeps into the same
+    # folder included); a measured result replaces a "skipped" one.
+    recorded: dict = {}
+    with open(results_path) as f:
+        for line in f:
+            r = json.loads(line)
+            k = (r["variant"], r["seq_len"])
+            if r["status"] != "skipped" or k not in recorded:
+                recorded[k] = r
+    all_lengths = sorted({T for _, T in recorded})
+    all_variants = [v for v in VARIANTS if any(k[0] == v for k in recorded)]
+    md = table(list(recorded.values()), all_lengths, all_variants)
     with open(os.path.join(FLAGS.out_dir, "table.md"), "w") as f:
         f.write(md + "\n")
     print(md)
