@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import cells, diagnostics
+from rnnjax import cells, diagnostics, recurrence
 
 T, B, D, H = 7, 2, 3, 4
 
@@ -65,29 +65,28 @@ def test_hidden_gradients_match_manual_bptt(every_step):
                                rtol=1e-4)
 
 
-def test_lstm_gradient_is_wrt_h_with_c_held():
-    """For the LSTM, dL/dh_t equals the gradient of a rerun from (c_t, h_t) w.r.t. h_t."""
-    cell = cells.lstm(H)
+@pytest.mark.parametrize("which", ["lstm", "stack"])
+def test_gated_and_stacked_cells_perturb_the_output(which):
+    """dL/dh_t equals the gradient of a rerun from step t's carry with its output h_t
+    replaced: h of the LSTM (c held), the top layer's state of a stack."""
+    if which == "lstm":
+        cell = cells.lstm(H)
+    else:
+        cell = recurrence.stack([cells.vanilla(H, "tanh"), cells.gru(H)])
     params = cell.init(jax.random.PRNGKey(3), D)
     xs = jax.random.normal(jax.random.PRNGKey(4), (T, B, D))
     w = jax.random.normal(jax.random.PRNGKey(5), (H,))
     loss_fn = lambda hs: jnp.sum(jnp.tanh(hs[-1] @ w))
     grads = diagnostics.hidden_state_gradients(cell, params, xs, loss_fn)
-
-    carry = cell.initial_carry(params, B)
-    carries = []
-    for t in range(T):
-        carry, _ = cell.step(params, carry, xs[t])
-        carries.append(carry)
     t = 2
+    carry_t, _ = recurrence.unroll(cell, params, xs[:t + 1])
 
     def from_h(h_t):
-        c = carries[t]._replace(h=h_t)
-        for s in range(t + 1, T):
-            c, _ = cell.step(params, c, xs[s])
-        return loss_fn(c.h[None])
+        c = diagnostics.perturb_output(carry_t, h_t - cell.output(carry_t))
+        _, hs = recurrence.unroll(cell, params, xs[t + 1:], carry=c)
+        return loss_fn(hs)
 
-    direct = jax.grad(from_h)(carries[t].h)
+    direct = jax.grad(from_h)(cell.output(carry_t))
     np.testing.assert_allclose(np.asarray(grads[t]), np.asarray(direct), rtol=1e-5, atol=1e-7)
 
 

@@ -13,7 +13,7 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from experiments import long_memory
+from experiments import long_memory, long_memory_sweep
 from rnnjax import diagnostics, remedies, train
 
 FLAGS = flags.FLAGS
@@ -106,3 +106,19 @@ def test_step_with_overflowing_loss(nan_repair):
     assert {"grad_norm/W_hh", "grad_norm/W_xh"} <= set(metrics)
     delta = jax.tree.map(lambda a, b: a - b, new.params, state.params)
     assert float(optax.tree.norm(delta)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_sweep_table_marks_solved_failed_and_skipped(parsed_flags):
+    FLAGS.steps = 1000
+    results = [
+        {"variant": "lstm", "seq_len": 50, "status": "solved", "updates": 200,
+         "train_seconds": 8.8, "error_rate": 0.0},
+        {"variant": "tanh", "seq_len": 50, "status": "failed", "updates": 600,
+         "train_seconds": 60.0, "error_rate": 0.74},
+        {"variant": "tanh", "seq_len": 100, "status": "skipped"},
+    ]
+    md = long_memory_sweep.table(results, [50, 100], ["tanh", "lstm"])
+    lines = md.splitlines()
+    assert lines[0] == "| T | tanh | lstm |"
+    assert lines[2] == "| 50 | no (74% wrong after 600 steps, time cap) | **yes**: 200 steps, 9 s |"
+    assert lines[3] == "| 100 | skipped | – |"
