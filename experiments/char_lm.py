@@ -29,7 +29,7 @@ FLAGS = lm_train.FLAGS
 # moderate hidden size with a large batch keeps the cores busy (DESIGN.md, section 5).
 DEFAULTS = dict(
     cell="lstm", hidden=256, layers=1, batch_size=64, seq_len=100, optimizer="adam",
-    learning_rate=3e-3, clip_norm=1.0, steps=20_000, max_minutes=4.0, log_every=20,
+    learning_rate=1e-2, clip_norm=1.0, steps=20_000, max_minutes=4.0, log_every=20,
     checkpoint_every=200, eval_every=100, eval_tokens=30_000, level="char",
     corpus="shakespeare", temperature=0.8,
 )

@@ -10,9 +10,9 @@ exact) -> every ``--eval_every`` steps the validation loss on the first
 spent) a checkpoint, the whole validation and test splits evaluated with the state
 carried, a sample, and ``results.json``.
 
-``--max_minutes`` bounds the training time of one invocation: the run stops before the
-first step that would start after the budget, saves a checkpoint there and goes on to
-the final evaluation. Rerunning with the same ``--workdir`` continues from it.
+``--max_minutes`` bounds the training time of one invocation: the run stops after the
+first step that ends past the budget (``train.run``'s ``stop_fn``), saves a checkpoint
+there and goes on to the final evaluation. Rerunning with the same ``--workdir`` continues from it.
 """
 
 from __future__ import annotations
@@ -181,10 +181,6 @@ def _write(msg: str) -> None:
         print(msg, flush=True)
 
 
-class _TimeUp(Exception):
-    """Raised by the batch function when --max_minutes is spent."""
-
-
 def make_template(model: lm.LanguageModel, cfg: dict[str, Any]) -> train.TrainState:
     """A fresh TrainState for ``model`` (also the restore template of a checkpoint)."""
     params = lm.init(model, jax.random.fold_in(jax.random.key(cfg["seed"]), 1))
@@ -222,20 +218,11 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
     optimizer = common.make_optimizer()
     step_fn = jax.jit(train.make_train_step(lm.tbptt_loss(model), optimizer,
                                             clip_norm=cfg["clip_norm"], uses_extra=True))
-    latest: dict[str, train.TrainState] = {}
-
-    def remembering_step(st, batch):
-        st, metrics = step_fn(st, batch)
-        latest["state"] = st          # for samples during training and a stop on time
-        return st, metrics
-
     budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
     t_train = time.time()
 
-    def batch_fn(step: int):
-        if budget is not None and "state" in latest and time.time() - t_train > budget:
-            raise _TimeUp(step)
-        return streams.segment(step)
+    def out_of_time(_state) -> bool:
+        return budget is not None and time.time() - t_train > budget
 
     eval_ids = data.valid[:cfg["eval_tokens"] + 1]
     sample_seed = [cfg["seed"]]
@@ -252,23 +239,13 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         return {"valid_nats": r["nats"], "valid_bits": r["bits"],
                 "valid_perplexity": r["perplexity"]}
 
-    loop = common.loop_kwargs()
-    stopped_at = None
-    try:
-        state, history = train.run(workdir, state, remembering_step, batch_fn,
-                                   eval_fn=eval_fn if cfg["eval_every"] else None,
-                                   eval_every=cfg["eval_every"] or None, jit=False, **loop)
-    except _TimeUp as e:
-        stopped_at = e.args[0]
-        state = latest["state"]
-        if workdir:
-            mngr = checkpoint.manager(workdir, keep=loop["keep"])
-            if mngr.latest_step() != stopped_at:
-                checkpoint.save(mngr, stopped_at, state)
-            mngr.wait_until_finished()
-            mngr.close()
-        history = train.read_metrics(workdir) if workdir else []
-        _write(f"--max_minutes={cfg['max_minutes']} spent: stopped after step {stopped_at}")
+    state, history = train.run(workdir, state, step_fn, streams.segment, jit=False,
+                               eval_fn=eval_fn if cfg["eval_every"] else None,
+                               eval_every=cfg["eval_every"] or None, stop_fn=out_of_time,
+                               **common.loop_kwargs())
+    stopped_early = int(state.step) < cfg["steps"]
+    if stopped_early:
+        _write(f"--max_minutes={cfg['max_minutes']} spent: stopped after step {int(state.step)}")
     train_seconds = time.time() - t_train
     steps_done = int(state.step)
 
@@ -285,7 +262,7 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         "tokens_seen": steps_done * cfg["batch_size"] * cfg["seq_len"],
         "epochs": steps_done / streams.segments_per_epoch,
         "train_seconds": train_seconds, "total_seconds": time.time() - t0,
-        "stopped_by_time": stopped_at is not None, "last_train_loss": last_loss,
+        "stopped_by_time": stopped_early, "last_train_loss": last_loss,
         "valid": valid, "test": test, "config": cfg,
     }
     if print_samples:

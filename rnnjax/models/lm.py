@@ -49,6 +49,10 @@ Params = dict[str, Any]
 Carry = tuple  # one carry per layer
 
 
+# Names of the cells' input-to-hidden weights (rescaled for one-hot inputs in ``init``).
+INPUT_WEIGHTS = ("W_xh", "W_hx")
+
+
 class LanguageModel(NamedTuple):
     """Static configuration of a recurrent language model (hashable; pass it to jit as a
     static argument or close over it).
@@ -122,7 +126,14 @@ def init(model: LanguageModel, key: Array) -> Params:
         params["embed"] = jax.random.uniform(k_embed, (V, E), jnp.float32, -0.1, 0.1)
         in_size = E
     sizes = [in_size] + [H] * (model.layers - 1)
-    params["layers"] = tuple(c.init(k, d) for c, k, d in zip(cs, k_layers, sizes))
+    layers = [c.init(k, d) for c, k, d in zip(cs, k_layers, sizes)]
+    if E == 0:
+        # Glorot scales the input weights for V active inputs; a one-hot vector has one,
+        # so its drive would start sqrt(V) times too weak and training would sit on the
+        # unigram plateau for a long while. Scale it up to unit fan-in.
+        layers[0] = {k: v * math.sqrt(V) if k in INPUT_WEIGHTS else v
+                     for k, v in layers[0].items()}
+    params["layers"] = tuple(layers)
     readout = {"b": jnp.zeros((V,), jnp.float32)}
     if not model.tie_embeddings:
         readout["W"] = jax.random.normal(k_out, (H, V), jnp.float32) / math.sqrt(H)
