@@ -375,6 +375,9 @@ def _fused_unroll(cell: Cell, core) -> Callable:
             hs = jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
         return final, (hs[::-1] if reverse else hs)
 
+    # The step functions this override computes; recurrence.unroll ignores the override
+    # on a cell whose project/recurrent_step were replaced afterwards (e.g. by _replace).
+    unroll.steps = (cell.project, cell.recurrent_step)
     return unroll
 
 

@@ -94,12 +94,22 @@ def unroll(
         xs = jnp.swapaxes(xs, 0, 1)
     if carry is None:
         carry = cell.initial_carry(params, xs.shape[1])
-    if cell.unroll is not None:
+    if _has_valid_override(cell):
         final, hs = cell.unroll(params, xs, carry=carry, lengths=lengths, reverse=reverse,
                                 unroll=unroll, remat=remat)
     else:
         final, hs = _scan(cell, params, xs, carry, lengths, reverse, unroll, remat)
     return final, (hs if time_major else jnp.swapaxes(hs, 0, 1))
+
+
+def _has_valid_override(cell: Cell) -> bool:
+    """Whether to use ``cell.unroll``. An override that records the step functions it
+    computes (``override.steps``) is stale once a wrapper replaced them, e.g. with
+    ``cell._replace(recurrent_step=...)``; the generic scan then runs the new ones."""
+    if cell.unroll is None:
+        return False
+    steps = getattr(cell.unroll, "steps", None)
+    return steps is None or (steps[0] is cell.project and steps[1] is cell.recurrent_step)
 
 
 # The keyword argument ``unroll`` shadows the function inside stack/bidirectional.

@@ -167,3 +167,20 @@ def test_bad_merge_and_empty_stack():
                                  merge="mean")
     with pytest.raises(ValueError, match="non-empty sequence of Cells"):
         recurrence.stack([])
+
+
+@pytest.mark.parametrize("make_cell", [lambda: cells.vanilla(H, "tanh"), lambda: cells.lstm(H)])
+def test_wrapping_a_cells_step_is_honoured_by_unroll(make_cell):
+    """A cell whose recurrent_step is replaced must not keep a stale fused unroll."""
+    cell = make_cell()
+    params = cell.init(jax.random.PRNGKey(0), D)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 2, D))
+
+    def doubled(p, c, xp_t):
+        c, h = cell.recurrent_step(p, c, xp_t)
+        return c, 2.0 * h
+
+    wrapped = cell._replace(recurrent_step=doubled)
+    _, hs = recurrence.unroll(wrapped, params, xs)
+    _, ref = python_loop(wrapped, params, xs)
+    np.testing.assert_allclose(hs, ref, rtol=1e-5, atol=1e-6)
