@@ -486,7 +486,7 @@ def plot_gradient_vs_lag(curves: Mapping[str, Any], path: str, *, title: str | N
     ax.set_ylabel("‖∂L/∂h_{T-k}‖" + (" / ‖∂L/∂h_T‖" if normalize else ""))
     ax.axhline(1e-3, color="grey", lw=0.8, ls=":")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best", framealpha=0.8)
     if title:
         ax.set_title(title)
     return _save(fig, plt, path)
@@ -513,6 +513,8 @@ def plot_gradient_heatmap(steps: Sequence[int], norms: Any, path: str, *,
     ticks = np.linspace(0, m.shape[0] - 1, min(6, m.shape[0])).round().astype(int)
     ax.set_yticks(ticks)
     ax.set_yticklabels([str(int(steps[i])) for i in ticks])
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time step t")
     ax.set_ylabel("training step")
     fig.colorbar(im, ax=ax, label="log10 ‖∂L/∂h_t‖")
