@@ -53,7 +53,7 @@ flags.DEFINE_integer("embed", 64, "embedding size with --input=embedding")
 flags.DEFINE_integer("steps", 10, "timed steps per round")
 flags.DEFINE_integer("rounds", 5, "rounds; each times every model once")
 flags.DEFINE_integer("warmup", 3, "untimed steps after compiling")
-flags.DEFINE_list("unroll", ["tanh:8", "lstm:1", "gru:1"],
+flags.DEFINE_list("unroll", ["tanh:1", "lstm:1", "gru:1"],
                   "rnnjax unroll per cell, as cell:n (JAX models only)")
 flags.DEFINE_enum("allocator", "auto", list(allocator.ALLOCATORS),
                   "allocator for the whole process (all frameworks alike)")

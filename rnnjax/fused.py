@@ -430,7 +430,7 @@ def _vanilla_jvp(act_name, unroll, primals, tangents):
     if mask is None:
         def body(dh, inp):
             u_t, deriv_t = inp
-            dh = deriv_t * (u_t + dh @ w_l)
+            dh = deriv_t * (u_t + _times_w(dh, w_l))
             return dh, dh
         d_final, d_hs = lax.scan(body, dh0, (u, deriv), unroll=unroll)
     else:
@@ -439,7 +439,7 @@ def _vanilla_jvp(act_name, unroll, primals, tangents):
 
         def body(dh, inp):
             u_t, deriv_t, pass_t = inp
-            dh = deriv_t * (u_t + dh @ w_l) + pass_t * dh
+            dh = deriv_t * (u_t + _times_w(dh, w_l)) + pass_t * dh
             return dh, dh
         d_final, d_hs = lax.scan(body, dh0, (u, deriv, pass_through), unroll=unroll)
     return (final, hs), (d_final, d_hs)
@@ -473,7 +473,7 @@ def _lstm_jvp(unroll, primals, tangents):
     w_l = _loop_weight(w)
 
     def step(dc, dh, u_t, k_ifg_t, k_o_t, to_h_t, f_t):
-        dz = u_t + dh @ w_l
+        dz = u_t + _times_w(dh, w_l)
         dc = f_t * dc + jnp.sum((dz[:, :3 * H] * k_ifg_t).reshape(B, 3, H), axis=1)
         return dc, dz[:, 3 * H:] * k_o_t + to_h_t * dc
 
@@ -521,7 +521,7 @@ def _gru_jvp(unroll, primals, tangents):
 
     def body(dh, inp):
         v_t, y_t, coef_t, direct_t = inp
-        s = v_t + dh @ w_l
+        s = v_t + _times_w(dh, w_l)
         dh = y_t + jnp.sum((s * coef_t).reshape(B, 3, H), axis=1) + direct_t * dh
         return dh, dh
     d_final, d_hs = lax.scan(body, dh0, (v, y, coef, direct), unroll=unroll)
@@ -529,6 +529,16 @@ def _gru_jvp(unroll, primals, tangents):
 
 
 def _loop_weight(w):
-    """W for the tangent loop, given as (W^T laid out row-major once)^T, so that the
-    transposed loop of reverse mode multiplies by a real row-major W^T."""
-    return jnp.transpose(_transposed(w))
+    """W^T [G, H], laid out row-major once, for the tangent loops' ``_times_w``.
+
+    The tangent loop multiplies by W through W^T (``dh @ (W^T)^T``), so that the
+    loop JAX derives for reverse mode, its transpose, multiplies by the row-major
+    W^T directly (``ct @ W^T``): the fast layout for the backward pass, which is
+    what training runs; forward mode pays the transposed operand instead.
+    """
+    return _transposed(w)
+
+
+def _times_w(dh, w_t):
+    """dh @ W for dh [B, H], given w_t = W^T [G, H]."""
+    return lax.dot_general(dh, w_t, (((1,), (1,)), ((), ())))
