@@ -333,6 +333,7 @@ def lstm(
 def gru(
     hidden_size: int,
     *,
+    update_bias: float = 0.0,
     learn_initial_state: bool = False,
     recurrent_init: str | inits.Initializer = "orthogonal",
     input_init: str | inits.Initializer = "glorot",
@@ -344,6 +345,10 @@ def gru(
 
     ``r = sigmoid(xr + h W_hr)``, ``z = sigmoid(xz + h W_hz)``,
     ``n = tanh(xn + r * (h W_hn + b_hn))``, ``h' = (1 - z) n + z h``.
+
+    ``update_bias`` initialises the update gate's bias: a positive value (like the
+    LSTM's forget bias) starts the GRU copying its state forward, which keeps the
+    gradient from vanishing at initialisation on long sequences.
 
     Params: ``W_xh`` [D, 3H], ``b_x`` [3H], ``W_hh`` [H, 3H], ``b_hn`` [H]; ``h0`` if learned.
     """
@@ -357,7 +362,7 @@ def gru(
         kx, kh = jax.random.split(key)
         params = {
             "W_xh": w_x_init(kx, (input_size, 3 * H), jnp.float32),
-            "b_x": jnp.zeros((3 * H,), jnp.float32),
+            "b_x": jnp.zeros((3 * H,), jnp.float32).at[H:2 * H].set(update_bias),
             "W_hh": w_h_init(kh, (H, 3 * H), jnp.float32),
             "b_hn": jnp.zeros((H,), jnp.float32),
         }

@@ -148,3 +148,13 @@ def test_wrong_feature_size_names_expected_shape():
     cell, params = make("lstm")
     with pytest.raises(ValueError, match=r"initialised for input size 3; expected \[\.\.\., 3\]"):
         cell.step(params, cell.initial_carry(params, B), jnp.ones((B, 7)))
+
+
+def test_gru_update_bias_keeps_the_state_at_initialisation():
+    cell = cells.gru(H, update_bias=3.0)
+    params = cell.init(jax.random.PRNGKey(0), D)
+    np.testing.assert_array_equal(params["b_x"][H:2 * H], 3.0)
+    h = jax.random.normal(jax.random.PRNGKey(1), (B, H))
+    _, out = cell.step(params, h, jnp.zeros((B, D)))
+    # z = sigmoid(3 + h W_hz) is near 1, so h' stays close to h.
+    assert float(jnp.max(jnp.abs(out - h))) < 0.5 * float(jnp.max(jnp.abs(h)))
