@@ -74,15 +74,33 @@ def test_beam_width_one_is_greedy(models, spec):
     config, params = models[spec]
     batch = _batch()
     greedy = s2s.greedy_decode(params, config, batch.src, batch.src_lengths, max_len=MAX_LEN)
-    for length_penalty in (0.0, 1.0):  # a traced argument: one compilation for both
-        beams = s2s.beam_search(params, config, batch.src, batch.src_lengths, beam_width=1,
-                                max_len=MAX_LEN, length_penalty=length_penalty)
-        best = beams.best()
-        chex.assert_shape(beams.tokens, (len(PAIRS), 1, MAX_LEN))
-        np.testing.assert_array_equal(best.tokens, greedy.tokens)
-        np.testing.assert_array_equal(best.lengths, greedy.lengths)
-        np.testing.assert_allclose(best.log_prob, greedy.log_prob, rtol=1e-5)
-        np.testing.assert_allclose(best.attention, greedy.attention, atol=1e-6)
+    beams = s2s.beam_search(params, config, batch.src, batch.src_lengths, beam_width=1,
+                            max_len=MAX_LEN, length_penalty=0.0)
+    best = beams.best()
+    chex.assert_shape(beams.tokens, (len(PAIRS), 1, MAX_LEN))
+    np.testing.assert_array_equal(best.tokens, greedy.tokens)
+    np.testing.assert_array_equal(best.lengths, greedy.lengths)
+    np.testing.assert_allclose(best.log_prob, greedy.log_prob, rtol=1e-5)
+    np.testing.assert_allclose(best.attention, greedy.attention, atol=1e-6)
+
+
+def test_beam_search_does_not_stop_on_poor_early_endings():
+    """A confident model: the first K finished hypotheses are poor early <eos>
+    endings; the search must go on while a live beam can still beat them (a bug
+    once stopped it there, and beam search lost to greedy)."""
+    config = _config(*PLAIN)
+    params = s2s.init(jax.random.PRNGKey(4), config)
+    # The same distribution at every step: one character at p ~ 0.95, <eos> second.
+    V = config.tgt_vocab_size
+    bias = jnp.full((V,), -20.0).at[tr.EOS_ID].set(-3.0).at[tr.UNK_ID + 1].set(0.0)
+    params["readout"] = {"W": params["readout"]["W"] * 0.0, "b": bias}
+    batch = _batch()
+    greedy = s2s.greedy_decode(params, config, batch.src, batch.src_lengths, max_len=MAX_LEN)
+    beams = s2s.beam_search(params, config, batch.src, batch.src_lengths, beam_width=3,
+                            max_len=MAX_LEN, length_penalty=0.0)
+    # Greedy runs to max_len without <eos> (log p ~ -0.46); the early endings (log p
+    # ~ -3) fill the K finished slots first but must not win.
+    assert np.all(np.asarray(beams.log_prob[:, 0]) >= np.asarray(greedy.log_prob) - 1e-4)
 
 
 def _all_hypotheses(n_symbols_ids, max_len):
@@ -214,32 +232,24 @@ def test_learns_to_reverse_strings():
     config = s2s.Config(data.src_vocab.size, data.tgt_vocab.size, embed_size=16, hidden_size=48,
                         attention="additive", attention_size=32)
     params, losses = _train(lambda p, b, k: s2s.loss_fn(p, config, b),
-                            s2s.init(jax.random.PRNGKey(0), config), data, steps=200)
+                            s2s.init(jax.random.PRNGKey(0), config), data, steps=300)
     assert np.mean(losses[-20:]) < 0.1 < losses[0]
     batch = tr.make_batch(test_pairs, data.src_vocab, data.tgt_vocab)
     decoded = s2s.greedy_decode(params, config, batch.src, batch.src_lengths, max_len=8)
     assert _exact_match(decoded, test_pairs, data.tgt_vocab) >= 0.9
-    beams = s2s.beam_search(params, config, batch.src, batch.src_lengths, beam_width=3, max_len=8)
-    assert _exact_match(beams.best(), test_pairs, data.tgt_vocab) >= 0.9
 
 
-def test_lockstep_learns_an_aligned_task_but_not_reversal():
+def test_lockstep_learns_an_aligned_task():
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list("abcde"), size=rng.integers(2, 6))) for _ in range(600)]
     upper = [(w, w.upper()) for w in words]  # aligned: one output per input, in order
     data = tr.make_data("upper", upper[:536], upper[536:])
     config = lockstep.Config(data.src_vocab.size, data.tgt_vocab.size, embed_size=16,
                              hidden_size=48)
-    params, _ = _train(lambda p, b, k: lockstep.loss_fn(p, config, b),
-                       lockstep.init(jax.random.PRNGKey(0), config), data, steps=150)
+    params, losses = _train(lambda p, b, k: lockstep.loss_fn(p, config, b),
+                            lockstep.init(jax.random.PRNGKey(0), config), data, steps=150)
+    assert np.mean(losses[-10:]) < 0.1 < losses[0]
     batch = tr.make_batch(data.valid, data.src_vocab, data.tgt_vocab)
     decoded = lockstep.greedy_decode(params, config, batch.src, batch.src_lengths, max_len=8)
+    chex.assert_shape(decoded.tokens, (len(data.valid), 8))
     assert _exact_match(decoded, data.valid, data.tgt_vocab) >= 0.9
-
-    rev = tr.make_data("reverse", _reversal_data(0, 600), _reversal_data(1, 64))
-    params, losses = _train(lambda p, b, k: lockstep.loss_fn(p, config, b),
-                            lockstep.init(jax.random.PRNGKey(0), config), rev, steps=150)
-    batch = tr.make_batch(rev.valid, rev.src_vocab, rev.tgt_vocab)
-    decoded = lockstep.greedy_decode(params, config, batch.src, batch.src_lengths, max_len=8)
-    # it must emit the last character first, before reading it: far from solved
-    assert _exact_match(decoded, rev.valid, rev.tgt_vocab) < 0.5

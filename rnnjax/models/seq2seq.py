@@ -392,11 +392,15 @@ def beam_search(params: Params, config: Config, src: jax.Array, src_lengths: jax
 
     At each step every live beam is extended by every character; of the best 2K
     candidates, those ending in ``<eos>`` among the first K are finished, and the
-    best K others stay live (the rule of fairseq's search, so that K = 1 is exactly
-    greedy decoding). A source is done once K hypotheses have finished. Finished
-    hypotheses are ranked by ``log_prob / steps ** length_penalty`` (steps counting
-    the ``<eos>``; 0 ranks by log-probability, 1 by its mean per step). Sources
-    with fewer than K finished after ``max_len`` steps also rank their live beams.
+    best K others stay live (fairseq's rule). Finished hypotheses are ranked by
+    ``log_prob / steps ** length_penalty`` (steps counting the ``<eos>``; 0 ranks by
+    log-probability, 1 by its mean per step). A source is done once it has K
+    finished hypotheses and no live beam can still beat the worst of them (a
+    live beam's score is at most ``log_prob / max_len ** length_penalty``, as
+    log-probabilities only fall). Sources not done after ``max_len`` steps also
+    rank their live beams, cut off at ``max_len``. With ``length_penalty=0``,
+    width 1 is exactly greedy decoding; with a positive penalty, width 1 may go on
+    past a greedy ``<eos>`` to find a longer output with a better mean.
 
     Args:
       beam_width: K >= 1.
@@ -442,6 +446,11 @@ def beam_search(params: Params, config: Config, src: jax.Array, src_lengths: jax
                     fin_steps=_gather_beams(cat(st["fin_steps"], steps), idx),
                     fin_attn=_gather_beams(cat(st["fin_attn"], attn), idx))
 
+    def is_done(st):
+        """[B]: K finished, and the best live beam cannot beat the worst of them."""
+        best_alive = _length_norm(st["alive_logp"][:, 0], L, length_penalty)
+        return (st["fin_count"] >= K) & (best_alive <= st["fin_score"][:, K - 1])
+
     def body(st, t):
         new_carry, logits, weights = decoder_step(params, config, memory, st["carry"],
                                                   st["prev"].reshape(B * K))
@@ -454,7 +463,7 @@ def beam_search(params: Params, config: Config, src: jax.Array, src_lengths: jax
         attn = attn.at[:, :, t].set(_gather_beams(weights.reshape(B, K, S), beam))
 
         # <eos> among the first K candidates finishes a hypothesis.
-        done = st["fin_count"] >= K
+        done = is_done(st)
         is_eos = token == EOS_ID
         finishing = is_eos & (rank < K) & jnp.isfinite(vals) & ~done[:, None]
         steps = jnp.full(vals.shape, t + 1, jnp.int32)
@@ -474,8 +483,8 @@ def beam_search(params: Params, config: Config, src: jax.Array, src_lengths: jax
         return st, None
 
     st, _ = jax.lax.scan(body, init_state, jnp.arange(L))
-    # Sources still short of K finished hypotheses rank their live beams too.
-    not_done = (st["fin_count"] < K)[:, None] & jnp.isfinite(st["alive_logp"])
+    # Sources not done rank their live beams too (cut off after L steps).
+    not_done = ~is_done(st)[:, None] & jnp.isfinite(st["alive_logp"])
     steps = jnp.full((B, K), L, jnp.int32)
     st = merge_finished(st, st["alive_tokens"], jnp.where(not_done, st["alive_logp"], NEG_INF),
                         jnp.where(not_done, _length_norm(st["alive_logp"], steps, length_penalty),
