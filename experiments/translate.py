@@ -14,7 +14,7 @@ train and validation numbers), ``tsv`` (your own ``--data_path``, one
 Examples (2-core CPU; the first trains for a few minutes)::
 
     python -m experiments.translate --task=piglatin --attention=additive \\
-        --steps=3000 --workdir=/tmp/pig_attn
+        --workdir=/tmp/pig_attn
     python -m experiments.translate --workdir=/tmp/pig_attn \\
         --translate="the air conditioning is working"
     python -m experiments.translate --task=num_de --reverse_source --beam_width=4
@@ -73,13 +73,15 @@ MODEL_FLAGS = ("task", "max_number", "model", "cell", "decoder_cell", "hidden", 
                "bidirectional", "attention", "attention_size", "reverse_source", "seed",
                "optimizer", "learning_rate", "lr_schedule", "warmup_steps", "steps")
 
-FLAGS.set_default("cell", "gru")
-FLAGS.set_default("hidden", 64)
-FLAGS.set_default("batch_size", 64)
-FLAGS.set_default("learning_rate", 3e-3)
-FLAGS.set_default("clip_norm", 5.0)
-FLAGS.set_default("steps", 3000)
-FLAGS.set_default("checkpoint_every", 0)
+# This experiment's defaults for the common flags, set only when run as a script
+# (importing the module must not change other experiments' defaults).
+DEFAULTS = dict(cell="gru", hidden=64, batch_size=64, learning_rate=3e-3, clip_norm=5.0,
+                steps=1500, checkpoint_every=0)
+
+
+def set_defaults() -> None:
+    for name, value in DEFAULTS.items():
+        FLAGS.set_default(name, value)
 
 
 # --------------------------------------------------------------------------- the model
@@ -329,4 +331,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    set_defaults()
     app.run(main)
