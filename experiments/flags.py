@@ -38,46 +38,42 @@ COMMON_FLAGS = (
 )
 
 
+def define(kind: str, name: str, *args, **kwargs) -> None:
+    """``flags.DEFINE_<kind>(name, *args, **kwargs)``, unless this process already has --name.
+
+    Experiments share flag names (--task, --eval_every, --max_minutes, ...). A process
+    that imports two of them (the tests, a notebook, a sweep driver) keeps the first
+    definition instead of failing with DuplicateFlagError. Every experiment defines its
+    own flags through this function.
+    """
+    if name not in FLAGS:
+        getattr(flags, f"DEFINE_{kind}")(name, *args, **kwargs)
+
+
 def _define() -> None:
     # Each flag is defined once per process, whichever module (this one, or a
     # sweep driver that has its own --workdir) defines it first.
-    if "workdir" not in FLAGS:
-        flags.DEFINE_string("workdir", None, "Directory for metrics.jsonl, checkpoints and side "
-                            "files; a rerun with the same workdir resumes from the last checkpoint. "
-                            "Unset: train without writing files.")
-    if "seed" not in FLAGS:
-        flags.DEFINE_integer("seed", 0, "Seed of every PRNG stream (init, data, dropout).")
-    if "steps" not in FLAGS:
-        flags.DEFINE_integer("steps", 1000, "Total number of training steps (a positive integer).")
-    if "batch_size" not in FLAGS:
-        flags.DEFINE_integer("batch_size", 32, "Sequences per batch (a positive integer).")
-    if "optimizer" not in FLAGS:
-        flags.DEFINE_string("optimizer", "adam", "One of: " + ", ".join(optimizers.OPTIMIZERS) + ".")
-    if "learning_rate" not in FLAGS:
-        flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate (a positive number).")
-    if "lr_schedule" not in FLAGS:
-        flags.DEFINE_string("lr_schedule", "constant",
-                            "Learning-rate schedule, one of: " + ", ".join(optimizers.SCHEDULES) + ".")
-    if "warmup_steps" not in FLAGS:
-        flags.DEFINE_integer("warmup_steps", 0, "Linear warmup steps for --lr_schedule=warmup_cosine.")
-    if "cell" not in FLAGS:
-        flags.DEFINE_string("cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
-    if "hidden" not in FLAGS:
-        flags.DEFINE_integer("hidden", 32, "Hidden units per layer (a positive integer).")
-    if "clip_norm" not in FLAGS:
-        flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "
-                           "2013); a positive number, or unset for no clipping.")
-    if "log_every" not in FLAGS:
-        flags.DEFINE_integer("log_every", 100, "Write a metrics.jsonl record every N steps.")
-    if "checkpoint_every" not in FLAGS:
-        flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every N steps (0: never).")
-    if "keep_checkpoints" not in FLAGS:
-        flags.DEFINE_integer("keep_checkpoints", 3, "Keep the last K checkpoints.")
-    if "max_bad_steps" not in FLAGS:
-        flags.DEFINE_integer("max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
-                             "in a row; their updates are skipped.")
-    if "progress" not in FLAGS:
-        flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    define("string", "workdir", None, "Directory for metrics.jsonl, checkpoints and side "
+           "files; a rerun with the same workdir resumes from the last checkpoint. "
+           "Unset: train without writing files.")
+    define("integer", "seed", 0, "Seed of every PRNG stream (init, data, dropout).")
+    define("integer", "steps", 1000, "Total number of training steps (a positive integer).")
+    define("integer", "batch_size", 32, "Sequences per batch (a positive integer).")
+    define("string", "optimizer", "adam", "One of: " + ", ".join(optimizers.OPTIMIZERS) + ".")
+    define("float", "learning_rate", 1e-3, "Peak learning rate (a positive number).")
+    define("string", "lr_schedule", "constant",
+           "Learning-rate schedule, one of: " + ", ".join(optimizers.SCHEDULES) + ".")
+    define("integer", "warmup_steps", 0, "Linear warmup steps for --lr_schedule=warmup_cosine.")
+    define("string", "cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
+    define("integer", "hidden", 32, "Hidden units per layer (a positive integer).")
+    define("float", "clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "
+           "2013); a positive number, or unset for no clipping.")
+    define("integer", "log_every", 100, "Write a metrics.jsonl record every N steps.")
+    define("integer", "checkpoint_every", 1000, "Save a checkpoint every N steps (0: never).")
+    define("integer", "keep_checkpoints", 3, "Keep the last K checkpoints.")
+    define("integer", "max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
+           "in a row; their updates are skipped.")
+    define("bool", "progress", True, "Show a progress bar.")
     # Orbax and JAX log every checkpoint at INFO through absl; keep the
     # terminal for the progress bar and results (--verbosity=0 shows them).
     FLAGS.set_default("verbosity", -1)

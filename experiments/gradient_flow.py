@@ -21,6 +21,7 @@ from absl import app, flags
 from experiments import long_memory
 from rnnjax import cells, diagnostics
 from rnnjax.data import synthetic
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
@@ -36,17 +37,17 @@ CONFIGS = {
     "GRU": ("gru", {}),
 }
 
-flags.DEFINE_string("out", "/tmp/gradient_vs_lag_init.png", "The PNG to write; the table goes "
+define_flag("string", "out", "/tmp/gradient_vs_lag_init.png", "The PNG to write; the table goes "
                     "beside it with the suffix .md.")
-flags.DEFINE_integer("batch", 32, "Sequences in the measured batch.")
+define_flag("integer", "batch", 32, "Sequences in the measured batch.")
 if "task" not in FLAGS:
-    flags.DEFINE_string("task", "temporal_order", "The problem (see rnnjax.data.synthetic).")
+    define_flag("string", "task", "temporal_order", "The problem (see rnnjax.data.synthetic).")
 if "seq_len" not in FLAGS:
-    flags.DEFINE_integer("seq_len", 100, "T.")
+    define_flag("integer", "seq_len", 100, "T.")
 if "hidden" not in FLAGS:
-    flags.DEFINE_integer("hidden", 64, "Hidden units.")
+    define_flag("integer", "hidden", 64, "Hidden units.")
 if "seed" not in FLAGS:
-    flags.DEFINE_integer("seed", 0, "Seed.")
+    define_flag("integer", "seed", 0, "Seed.")
 
 
 def main(argv):

@@ -20,6 +20,7 @@ from typing import Any
 from absl import app, flags
 
 from rnnjax.optim import hessian_free
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
@@ -29,17 +30,17 @@ HF_FLAGS = ("cg_iters", "hf_lambda", "hf_mu", "curvature_batch_size", "hf_precon
 def _define() -> None:
     if "cg_iters" in FLAGS:
         return
-    flags.DEFINE_integer("cg_iters", 100, "--optimizer=hf: cap on conjugate-gradient iterations "
+    define_flag("integer", "cg_iters", 100, "--optimizer=hf: cap on conjugate-gradient iterations "
                          "per update (a positive integer).")
-    flags.DEFINE_float("hf_lambda", 1.0, "--optimizer=hf: initial Tikhonov damping lambda "
+    define_flag("float", "hf_lambda", 1.0, "--optimizer=hf: initial Tikhonov damping lambda "
                        "(a positive number), adapted by the Levenberg-Marquardt rule.")
-    flags.DEFINE_float("hf_mu", 0.0, "--optimizer=hf: structural damping mu (>= 0); the "
+    define_flag("float", "hf_mu", 0.0, "--optimizer=hf: structural damping mu (>= 0); the "
                        "hidden-state penalty weight is mu*lambda (Martens & Sutskever 2011 "
                        "used 1/30).")
-    flags.DEFINE_integer("curvature_batch_size", None, "--optimizer=hf: sequences of each batch "
+    define_flag("integer", "curvature_batch_size", None, "--optimizer=hf: sequences of each batch "
                          "used for the Gauss-Newton products (a positive integer at most "
                          "--batch_size; unset: the whole batch).")
-    flags.DEFINE_bool("hf_preconditioner", False, "--optimizer=hf: Martens' diagonal "
+    define_flag("bool", "hf_preconditioner", False, "--optimizer=hf: Martens' diagonal "
                       "preconditioner (diag(mean squared per-example gradients) + lambda)^0.75.")
 
 

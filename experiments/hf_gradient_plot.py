@@ -26,12 +26,13 @@ from absl import app, flags
 from experiments.hf_long_memory import build_model
 from rnnjax import cells, diagnostics
 from rnnjax.data import synthetic
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("params", None, "Comma-separated .npz files of saved params.")
-flags.DEFINE_list("labels", None, "One label per params file.")
-flags.DEFINE_integer("sequences", 1000, "Fresh sequences to average over.")
-flags.DEFINE_string("out", "docs/img/hf_gradient_norms.png", "Where to write the plot.")
+define_flag("list", "params", None, "Comma-separated .npz files of saved params.")
+define_flag("list", "labels", None, "One label per params file.")
+define_flag("integer", "sequences", 1000, "Fresh sequences to average over.")
+define_flag("string", "out", "docs/img/hf_gradient_norms.png", "Where to write the plot.")
 
 
 def load_params(path: str, template):

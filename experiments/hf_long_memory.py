@@ -39,25 +39,20 @@ from experiments import hf_flags
 from rnnjax import cells, optimizers, recurrence, train
 from rnnjax.data import synthetic
 from rnnjax.optim import hessian_free
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
 
 
-def _define(kind: str, name: str, default, help_text: str) -> None:
-    # experiments.long_memory defines some of the same flags; a process that
-    # imports both must not define them twice.
-    if name not in FLAGS:
-        getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
 
-
-_define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-_define("integer", "seq_len", 20, "Sequence length T.")
-_define("integer", "eval_every", 50, "Check the error rate every N updates.")
-_define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
-_define("float", "max_minutes", 5.0, "Stop after this much training wall time.")
-_define("string", "results", None, "Append the outcome as one JSON line to this file.")
-_define("string", "save_params", None, "Save the trained params (.npz) here.")
+define_flag("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
+define_flag("integer", "seq_len", 20, "Sequence length T.")
+define_flag("integer", "eval_every", 50, "Check the error rate every N updates.")
+define_flag("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
+define_flag("float", "max_minutes", 5.0, "Stop after this much training wall time.")
+define_flag("string", "results", None, "Append the outcome as one JSON line to this file.")
+define_flag("string", "save_params", None, "Save the trained params (.npz) here.")
 
 
 def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):

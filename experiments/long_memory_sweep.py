@@ -32,6 +32,7 @@ from absl.testing import flagsaver
 
 from experiments import long_memory
 from rnnjax.train import NonFiniteError
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
@@ -43,11 +44,11 @@ VARIANTS = {
     "gru": dict(cell="gru"),
 }
 
-flags.DEFINE_list("lengths", ["10", "20", "50", "100", "200"], "The lengths T.")
-flags.DEFINE_list("variants", list(VARIANTS), "Variants, from: " + ", ".join(VARIANTS) + ".")
-flags.DEFINE_bool("skip_longer_after_failure", True,
+define_flag("list", "lengths", ["10", "20", "50", "100", "200"], "The lengths T.")
+define_flag("list", "variants", list(VARIANTS), "Variants, from: " + ", ".join(VARIANTS) + ".")
+define_flag("bool", "skip_longer_after_failure", True,
                   "Do not run a variant at longer T once it failed at a shorter one.")
-flags.DEFINE_string("out_dir", "/tmp/long_memory_sweep", "Workdirs, results.jsonl and table.md.")
+define_flag("string", "out_dir", "/tmp/long_memory_sweep", "Workdirs, results.jsonl and table.md.")
 
 
 def run_one(variant: str, T: int, out_dir: str) -> dict:

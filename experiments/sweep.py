@@ -40,19 +40,20 @@ from absl import app, flags
 
 from rnnjax import checkpoint
 from rnnjax import sweep as rsweep
+from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("experiment", None, "The experiment module to sweep: experiments.<name>.")
+define_flag("string", "experiment", None, "The experiment module to sweep: experiments.<name>.")
 if "workdir" not in FLAGS:  # experiments.flags may have defined it (same meaning: where files go)
-    flags.DEFINE_string("workdir", None, "Root directory of the sweep; each run gets a subdirectory.")
-flags.DEFINE_multi_string("grid", [], "NAME=V1,V2,...: a flag of the experiment and its values; "
+    define_flag("string", "workdir", None, "Root directory of the sweep; each run gets a subdirectory.")
+define_flag("multi_string", "grid", [], "NAME=V1,V2,...: a flag of the experiment and its values; "
                           "repeat for more axes (the runs are their cartesian product).")
-flags.DEFINE_integer("seeds", 1, "Seeds per grid point (--seed=0..N-1).")
-flags.DEFINE_multi_string("set", [], "NAME=VALUE: a flag value shared by every run.")
-flags.DEFINE_integer("parallel", os.cpu_count() or 1, "Runs at once (default: the CPU cores).")
-flags.DEFINE_list("metrics", [], "Columns of results.md (default: the final loss and accuracy "
+define_flag("integer", "seeds", 1, "Seeds per grid point (--seed=0..N-1).")
+define_flag("multi_string", "set", [], "NAME=VALUE: a flag value shared by every run.")
+define_flag("integer", "parallel", os.cpu_count() or 1, "Runs at once (default: the CPU cores).")
+define_flag("list", "metrics", [], "Columns of results.md (default: the final loss and accuracy "
                   "columns found).")
-flags.DEFINE_integer("timeout", 3600, "Seconds after which one run is stopped.")
+define_flag("integer", "timeout", 3600, "Seconds after which one run is stopped.")
 
 SKIP_METRICS = ("time", "steps_per_sec", "step", "finite", "bad_steps", "total_bad_steps")
 
