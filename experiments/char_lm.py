@@ -35,11 +35,5 @@ DEFAULTS = dict(
 )
 
 
-def set_defaults() -> None:
-    for name, value in DEFAULTS.items():
-        FLAGS.set_default(name, value)
-
-
 if __name__ == "__main__":
-    set_defaults()
-    app.run(lm_train.main)
+    lm_train.run_with_defaults(DEFAULTS)

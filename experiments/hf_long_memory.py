@@ -35,39 +35,30 @@ import numpy as np
 from absl import app, flags
 
 from experiments import flags as common
-from experiments import hf_flags
+from experiments import hf_flags, long_memory
 from rnnjax import cells, optimizers, recurrence, train
 from rnnjax.data import synthetic
 from rnnjax.optim import hessian_free
-from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
 
 
 
-define_flag("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-define_flag("integer", "seq_len", 20, "Sequence length T.")
-define_flag("integer", "eval_every", 50, "Check the error rate every N updates.")
-define_flag("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
-define_flag("float", "max_minutes", 5.0, "Stop after this much training wall time.")
-define_flag("string", "results", None, "Append the outcome as one JSON line to this file.")
-define_flag("string", "save_params", None, "Save the trained params (.npz) here.")
+common.define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
+common.define("integer", "seq_len", 20, "Sequence length T.")
+common.define("integer", "eval_every", 50, "Check the error rate every N updates.")
+common.define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
+common.define("float", "max_minutes", 5.0, "Stop after this much training wall time.")
+common.define("string", "results", None, "Append the outcome as one JSON line to this file.")
+common.define("string", "save_params", None, "Save the trained params (.npz) here.")
 
 
 def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):
-    """Params and ``net(params, batch) -> (outputs [T, B, O], hiddens [T, B, H])``."""
-    k_cell, k_out = jax.random.split(key)
-    H = cell.hidden_size
-    params = {"cell": cell.init(k_cell, task.input_size),
-              "W_o": jax.random.normal(k_out, (H, task.output_size)) / np.sqrt(H),
-              "b_o": jnp.zeros((task.output_size,))}
-
-    def net(p, batch):
-        _, hs = recurrence.unroll(cell, p["cell"], batch.inputs)
-        return hs @ p["W_o"] + p["b_o"], hs
-
-    return params, net
+    """Params and ``net(params, batch) -> (outputs [T, B, O], hiddens [T, B, H])``: the
+    model of ``experiments.long_memory`` (same init), reading ``batch.inputs``."""
+    params, net_on_inputs, _ = long_memory.build_model(cell, task, key)
+    return params, lambda p, batch: net_on_inputs(p, batch.inputs)
 
 
 def main(argv):

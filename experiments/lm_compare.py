@@ -118,7 +118,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    char_lm.set_defaults()
+    lm_train.set_defaults(char_lm.DEFAULTS)
     FLAGS.set_default("eval_every", 0)
     FLAGS.set_default("sample_length", 300)
     app.run(main)

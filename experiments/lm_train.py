@@ -316,3 +316,19 @@ def main(argv) -> None:
         print(sample_from_workdir(FLAGS.workdir))
         return
     train_and_evaluate(cfg, FLAGS.workdir)
+
+
+def set_defaults(defaults: dict) -> None:
+    """Set an LM experiment's flag defaults (char_lm, word_lm), before flags are parsed."""
+    for name, value in defaults.items():
+        FLAGS.set_default(name, value)
+
+
+def run_with_defaults(defaults: dict) -> None:
+    """Entry point of an LM experiment: set its flag defaults, then run :func:`main`.
+
+    Defaults are set only here, when the module runs as a script, so that importing an
+    experiment never changes another one's flags.
+    """
+    set_defaults(defaults)
+    app.run(main)

@@ -44,7 +44,6 @@ from absl import app, flags, logging
 from experiments import flags as common
 from rnnjax import cells, diagnostics, recurrence, remedies, train
 from rnnjax.data import synthetic
-from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
 
@@ -52,20 +51,20 @@ RECURRENT_INITS = ("default", "orthogonal", "identity", "glorot", "normal")
 
 
 
-define_flag("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-define_flag("integer", "seq_len", 20, "Sequence length T.")
-define_flag("integer", "eval_every", 50, "Check the error rate and the gradient flow every N updates.")
-define_flag("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
-define_flag("float", "max_minutes", 5.0, "Stop after this much training wall time (minutes).")
-define_flag("string", "results", None, "Append the outcome as one JSON line to this file.")
-define_flag("string", "recurrent_init", "default",
+common.define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
+common.define("integer", "seq_len", 20, "Sequence length T.")
+common.define("integer", "eval_every", 50, "Check the error rate and the gradient flow every N updates.")
+common.define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
+common.define("float", "max_minutes", 5.0, "Stop after this much training wall time (minutes).")
+common.define("string", "results", None, "Append the outcome as one JSON line to this file.")
+common.define("string", "recurrent_init", "default",
         "Initialiser of W_hh: " + ", ".join(RECURRENT_INITS) + " (default: the cell's own, "
         "orthogonal; identity for irnn).")
-define_flag("float", "spectral_radius", None, "Rescale W_hh (each gate block) to this spectral radius.")
-define_flag("bool", "nan_repair", False, "Pascanu et al.'s repair of NaN/Inf gradients (W_hh shrinks) "
+common.define("float", "spectral_radius", None, "Rescale W_hh (each gate block) to this spectral radius.")
+common.define("bool", "nan_repair", False, "Pascanu et al.'s repair of NaN/Inf gradients (W_hh shrinks) "
         "instead of skipping the step.")
-define_flag("integer", "diagnostic_batch", 32, "Sequences in the fixed batch for ∂L/∂h_t.")
-define_flag("bool", "plots", True, "Write the diagnosis plots into --workdir at the end.")
+common.define("integer", "diagnostic_batch", 32, "Sequences in the fixed batch for ∂L/∂h_t.")
+common.define("bool", "plots", True, "Write the diagnosis plots into --workdir at the end.")
 
 
 def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):

@@ -44,24 +44,23 @@ from absl import app, flags
 from experiments import flags as common
 from rnnjax import cells, checkpoint, handset, losses, optimizers, recurrence, sweep, train
 from rnnjax.data import synthetic
-from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
-define_flag("integer", "train_length", 10, "Length of the training sequences.")
-define_flag("float", "steepness", 1.0, "beta in act(beta z) of a vanilla RNN cell. Steep units "
+common.define("integer", "train_length", 10, "Length of the training sequences.")
+common.define("float", "steepness", 1.0, "beta in act(beta z) of a vanilla RNN cell. Steep units "
                    "saturate sooner (a discrete automaton generalises to any length); measured "
                    "over 3 seeds, beta=4 did not generalise more often than beta=1 (docs/training.md).")
-define_flag("list", "length_factors", ["10", "100"], "Test at these multiples of --train_length.")
-define_flag("integer", "eval_sequences", 1000, "Held-out sequences per test length.")
-define_flag("integer", "window", None, "Inputs the feed-forward baseline sees (default: "
+common.define("list", "length_factors", ["10", "100"], "Test at these multiples of --train_length.")
+common.define("integer", "eval_sequences", 1000, "Held-out sequences per test length.")
+common.define("integer", "window", None, "Inputs the feed-forward baseline sees (default: "
                      "--train_length, so it can be perfect on training-length sequences).")
-define_flag("integer", "window_hidden", 128, "Hidden units per layer of the feed-forward baseline.")
-define_flag("integer", "window_steps", 1500, "Training steps of the feed-forward baseline.")
-define_flag("integer", "lecture_steps", 1500, "Training steps of the lecture-architecture network.")
-define_flag("integer", "lecture_seeds", 8, "Seeds of the lecture-architecture network, trained "
+common.define("integer", "window_hidden", 128, "Hidden units per layer of the feed-forward baseline.")
+common.define("integer", "window_steps", 1500, "Training steps of the feed-forward baseline.")
+common.define("integer", "lecture_steps", 1500, "Training steps of the lecture-architecture network.")
+common.define("integer", "lecture_seeds", 8, "Seeds of the lecture-architecture network, trained "
                      "at once with jax.vmap; the best is reported.")
 
-define_flag("list", "models", ["rnn", "lecture", "window"], "Which models to train: any of "
+common.define("list", "models", ["rnn", "lecture", "window"], "Which models to train: any of "
                   "rnn, lecture, window.")
 
 PARITY = synthetic.get("parity")

@@ -40,34 +40,33 @@ from rnnjax import checkpoint, train
 from rnnjax.data import translation as tr
 from rnnjax.models import lockstep
 from rnnjax.models import seq2seq as s2s
-from experiments.flags import define as define_flag
 
 FLAGS = flags.FLAGS
-define_flag("enum", "task", "piglatin", list(tr.TASKS), "Which pairs to learn.")
-define_flag("string", "data_path", None, "With --task=tsv: a UTF-8 file of 'source<TAB>target' "
+common.define("enum", "task", "piglatin", list(tr.TASKS), "Which pairs to learn.")
+common.define("string", "data_path", None, "With --task=tsv: a UTF-8 file of 'source<TAB>target' "
                     "lines.")
-define_flag("integer", "max_number", 10_000, "Number tasks use 0 .. max_number-1, 20% held out.")
-define_flag("enum", "model", "seq2seq", ["seq2seq", "lockstep"], "The encoder–decoder, or the "
+common.define("integer", "max_number", 10_000, "Number tasks use 0 .. max_number-1, 20% held out.")
+common.define("enum", "model", "seq2seq", ["seq2seq", "lockstep"], "The encoder–decoder, or the "
                   "lockstep baseline (one output character per input character).")
-define_flag("string", "decoder_cell", None, "The decoder's cell (default: --cell).")
-define_flag("integer", "embed", 32, "Character embedding size.")
-define_flag("bool", "bidirectional", False, "Bidirectional encoder (states of size 2 * --hidden).")
-define_flag("enum", "attention", "none", list(s2s.ATTENTIONS), "none, additive (Bahdanau 2015) "
+common.define("string", "decoder_cell", None, "The decoder's cell (default: --cell).")
+common.define("integer", "embed", 32, "Character embedding size.")
+common.define("bool", "bidirectional", False, "Bidirectional encoder (states of size 2 * --hidden).")
+common.define("enum", "attention", "none", list(s2s.ATTENTIONS), "none, additive (Bahdanau 2015) "
                   "or dot (scaled dot product).")
-define_flag("integer", "attention_size", 64, "Size of the attention's query/key projections.")
-define_flag("bool", "reverse_source", False, "Read each source backwards (Sutskever et al. 2014).")
-define_flag("integer", "beam_width", 1, "Beam width; 1 is greedy decoding only, >1 evaluates "
+common.define("integer", "attention_size", 64, "Size of the attention's query/key projections.")
+common.define("bool", "reverse_source", False, "Read each source backwards (Sutskever et al. 2014).")
+common.define("integer", "beam_width", 1, "Beam width; 1 is greedy decoding only, >1 evaluates "
                      "greedy and beam search.")
-define_flag("float", "length_penalty", 1.0, "Beam search ranks finished outputs by "
+common.define("float", "length_penalty", 1.0, "Beam search ranks finished outputs by "
                    "log p / steps**length_penalty (0: plain log-probability).")
-define_flag("integer", "eval_every", 500, "Validation cross-entropy every N steps (0: at the end "
+common.define("integer", "eval_every", 500, "Validation cross-entropy every N steps (0: at the end "
                      "only).")
-define_flag("integer", "eval_batch_size", 256, "Pairs per evaluation / decoding batch.")
-define_flag("integer", "eval_limit", 0, "Decode only the first N validation pairs for exact match, "
+common.define("integer", "eval_batch_size", 256, "Pairs per evaluation / decoding batch.")
+common.define("integer", "eval_limit", 0, "Decode only the first N validation pairs for exact match, "
                      "BLEU and chrF (0: all). Cross-entropy always uses all.")
-define_flag("string", "translate", None, "Translate this text with the model saved in --workdir "
+common.define("string", "translate", None, "Translate this text with the model saved in --workdir "
                     "(no training). For --task=piglatin each word is translated on its own.")
-define_flag("string", "plot", None, "Where to draw the attention heat map (PNG); default "
+common.define("string", "plot", None, "Where to draw the attention heat map (PNG); default "
                     "<workdir>/attention.png. Needs --attention.")
 
 MODEL_FLAGS = ("task", "max_number", "model", "cell", "decoder_cell", "hidden", "embed",
