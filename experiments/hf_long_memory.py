@@ -42,15 +42,8 @@ from rnnjax.optim import hessian_free
 
 FLAGS = flags.FLAGS
 
-
-
-
-common.define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-common.define("integer", "seq_len", 20, "Sequence length T.")
-common.define("integer", "eval_every", 50, "Check the error rate every N updates.")
-common.define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
-common.define("float", "max_minutes", 5.0, "Stop after this much training wall time.")
-common.define("string", "results", None, "Append the outcome as one JSON line to this file.")
+# --task, --seq_len, --eval_every, --eval_sequences, --max_minutes and --results are
+# experiments.long_memory's (imported above): the same problems, the same flags.
 common.define("string", "save_params", None, "Save the trained params (.npz) here.")
 
 

@@ -49,8 +49,6 @@ FLAGS = flags.FLAGS
 
 RECURRENT_INITS = ("default", "orthogonal", "identity", "glorot", "normal")
 
-
-
 common.define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
 common.define("integer", "seq_len", 20, "Sequence length T.")
 common.define("integer", "eval_every", 50, "Check the error rate and the gradient flow every N updates.")
@@ -58,11 +56,11 @@ common.define("integer", "eval_sequences", 1000, "Fresh sequences in the periodi
 common.define("float", "max_minutes", 5.0, "Stop after this much training wall time (minutes).")
 common.define("string", "results", None, "Append the outcome as one JSON line to this file.")
 common.define("string", "recurrent_init", "default",
-        "Initialiser of W_hh: " + ", ".join(RECURRENT_INITS) + " (default: the cell's own, "
-        "orthogonal; identity for irnn).")
+              "Initialiser of W_hh: " + ", ".join(RECURRENT_INITS) + " (default: the cell's own, "
+              "orthogonal; identity for irnn).")
 common.define("float", "spectral_radius", None, "Rescale W_hh (each gate block) to this spectral radius.")
 common.define("bool", "nan_repair", False, "Pascanu et al.'s repair of NaN/Inf gradients (W_hh shrinks) "
-        "instead of skipping the step.")
+              "instead of skipping the step.")
 common.define("integer", "diagnostic_batch", 32, "Sequences in the fixed batch for ∂L/∂h_t.")
 common.define("bool", "plots", True, "Write the diagnosis plots into --workdir at the end.")
 
