@@ -31,9 +31,11 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import flags as common
-from rnnjax import checkpoint, losses, train
+from experiments import hf_flags
+from rnnjax import checkpoint, losses, optimizers, train
 from rnnjax.data import text
 from rnnjax.models import lm
+from rnnjax.optim import hessian_free
 
 FLAGS = flags.FLAGS
 
@@ -79,7 +81,11 @@ MODEL_FIELDS = ("cell", "hidden", "layers", "embed_size", "dropout", "tie_embedd
 
 def validate() -> dict[str, Any]:
     """Check every flag (common ones and ours) before any work; return the config."""
-    cfg = common.validate()
+    cfg = common.validate(optimizers_allowed=optimizers.OPTIMIZERS + ("hf",))
+    cfg.update(hf_flags.validate())
+    if FLAGS.optimizer == "hf" and FLAGS.dropout:
+        raise app.UsageError(f"--dropout={FLAGS.dropout} is invalid with --optimizer=hf: "
+                             "Hessian-free needs a deterministic network (use --dropout=0)")
     if FLAGS.sample_only and not FLAGS.workdir:
         raise app.UsageError("--sample_only needs --workdir, the directory of a trained model")
     for name in ("seq_len", "layers", "unroll", "sample_length", "eval_tokens",
@@ -181,12 +187,30 @@ def _write(msg: str) -> None:
         print(msg, flush=True)
 
 
+def make_hf(model: lm.LanguageModel, carry: lm.Carry) -> hessian_free.HessianFree:
+    """The Hessian-free optimizer of ``--optimizer=hf`` for ``model``."""
+    return hf_flags.make_hf(lm.hf_network(model), hessian_free.softmax_cross_entropy(),
+                            net_returns_hidden=True, example_axes=lm.hf_example_axes(carry))
+
+
 def make_template(model: lm.LanguageModel, cfg: dict[str, Any]) -> train.TrainState:
     """A fresh TrainState for ``model`` (also the restore template of a checkpoint)."""
     params = lm.init(model, jax.random.fold_in(jax.random.key(cfg["seed"]), 1))
-    optimizer = common.make_optimizer()
-    return train.init_state(params, optimizer, seed=cfg["seed"],
-                            extra=lm.initial_carry(model, params, cfg["batch_size"]))
+    carry = lm.initial_carry(model, params, cfg["batch_size"])
+    if cfg["optimizer"] == "hf":
+        return train.init_state(params, None, opt_state=make_hf(model, carry).init(params),
+                                seed=cfg["seed"], extra=carry)
+    return train.init_state(params, common.make_optimizer(), seed=cfg["seed"], extra=carry)
+
+
+def make_step(model: lm.LanguageModel, cfg: dict[str, Any], carry: lm.Carry):
+    """The jitted training step: truncated BPTT with the optax optimizer of the flags, or
+    one Hessian-free update per segment (``--optimizer=hf``)."""
+    if cfg["optimizer"] == "hf":
+        return jax.jit(lm.hf_tbptt_step(model, make_hf(model, carry),
+                                        curvature_batch_size=cfg["curvature_batch_size"]))
+    return jax.jit(train.make_train_step(lm.tbptt_loss(model), common.make_optimizer(),
+                                         clip_norm=cfg["clip_norm"], uses_extra=True))
 
 
 # ----------------------------------------------------------------------------- training
@@ -215,9 +239,7 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
     state = make_template(model, cfg)
     print(f"model: {cfg['layers']} x {cfg['cell']} (hidden {cfg['hidden']}), "
           f"{lm.count_params(state.params):,} parameters", flush=True)
-    optimizer = common.make_optimizer()
-    step_fn = jax.jit(train.make_train_step(lm.tbptt_loss(model), optimizer,
-                                            clip_norm=cfg["clip_norm"], uses_extra=True))
+    step_fn = make_step(model, cfg, state.extra)
     budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
     t_train = time.time()
 

@@ -84,3 +84,16 @@ def test_helpfull_documents_the_common_flags():
     assert "experiments.flags" in proc.stdout, proc.stderr  # (absl exits 1 after --helpfull)
     for name in common.COMMON_FLAGS:
         assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
+
+
+def test_language_models_accept_hessian_free_but_not_with_dropout():
+    from experiments import lm_train
+    FLAGS.optimizer = "hf"
+    cfg = lm_train.validate()
+    assert cfg["optimizer"] == "hf" and cfg["cg_iters"] == FLAGS.cg_iters
+    FLAGS.dropout = 0.2
+    with pytest.raises(app.UsageError, match="--dropout=0.2 is invalid with --optimizer=hf"):
+        lm_train.validate()
+    FLAGS.dropout, FLAGS.curvature_batch_size = 0.0, FLAGS.batch_size + 1
+    with pytest.raises(app.UsageError, match="--curvature_batch_size="):
+        lm_train.validate()

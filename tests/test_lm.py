@@ -223,3 +223,29 @@ def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path
     r = _run_char_lm(f"--data_path={binary}", *common[:-1], f"--workdir={tmp_path / 'bad'}",
                      cwd=repo)
     assert r.returncode != 0 and "looks binary" in r.stderr
+
+
+def test_hessian_free_trains_the_mrnn_on_a_tiny_repeating_text():
+    """--optimizer=hf's step: HF updates on truncated-BPTT segments with the state
+    carried (Sutskever et al. 2011 trained the MRNN this way)."""
+    from rnnjax.optim import hessian_free
+    corpus = "the quick brown fox. " * 40
+    vocab = text.build_vocabulary(corpus, "char")
+    streams = text.make_streams(vocab.encode(corpus), batch_size=8, seq_len=20)
+    model = lm.LanguageModel(len(vocab), cell="mrnn", hidden=32)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    carry = lm.initial_carry(model, params, 8)
+    opt = hessian_free.hessian_free(lm.hf_network(model), hessian_free.softmax_cross_entropy(),
+                                    net_returns_hidden=True, structural_damping=1 / 30,
+                                    max_cg_iters=30, preconditioner=True,
+                                    example_axes=lm.hf_example_axes(carry))
+    state = train.init_state(params, None, opt_state=opt.init(params), seed=0, extra=carry)
+    step_fn = lm.hf_tbptt_step(model, opt, curvature_batch_size=4)
+    state, history = train.run(None, state, step_fn, streams.segment, steps=16, log_every=4,
+                               progress=False)
+    chex.assert_trees_all_equal_shapes(state.extra, carry)
+    assert history[-1]["loss"] < 0.05 < history[0]["loss"], history
+    result = lm.evaluate(model, state.params, text.eval_segments(vocab.encode(corpus), 4, 20))
+    assert result["bits"] < 0.2
+    with pytest.raises(ValueError, match="dropout"):
+        lm.hf_network(lm.LanguageModel(len(vocab), dropout=0.5))

@@ -176,10 +176,9 @@ def readout_weights(model: LanguageModel, params: Params) -> Array:
     return params["embed"].T if model.tie_embeddings else params["readout"]["W"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
-          dropout_key: Array | None = None) -> tuple[Carry, Array]:
-    """Run the model over a segment.
+def features(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
+             dropout_key: Array | None = None) -> tuple[Carry, Array]:
+    """Run the recurrent layers over a segment: everything but the readout.
 
     Args:
       carry: one carry per layer, each for B sequences.
@@ -187,7 +186,7 @@ def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
       dropout_key: a PRNG key to apply dropout (training); None for no dropout.
 
     Returns:
-      (carry after the last step, logits [T, B, V]).
+      (carry after the last step, the top layer's outputs [T, B, H], dropout applied).
     """
     if inputs.ndim != 2:
         raise ValueError(f"inputs must be token ids [T, B], got shape {inputs.shape}")
@@ -211,9 +210,29 @@ def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
             xs = _dropout(xs, model.dropout, keys[i])
         cr, xs = recurrence.unroll(c, p, xs, carry=cr, unroll=model.unroll)
         new_carry.append(cr)
-    hs = _dropout(xs, model.dropout, keys[-1])
-    logits = hs @ readout_weights(model, params) + params["readout"]["b"]
-    return tuple(new_carry), logits
+    return tuple(new_carry), _dropout(xs, model.dropout, keys[-1])
+
+
+def readout(model: LanguageModel, params: Params, hs: Array) -> Array:
+    """Logits [..., V] of top-layer outputs ``hs`` [..., H]."""
+    return hs @ readout_weights(model, params) + params["readout"]["b"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
+          dropout_key: Array | None = None) -> tuple[Carry, Array]:
+    """Run the model over a segment.
+
+    Args:
+      carry: one carry per layer, each for B sequences.
+      inputs: [T, B] int token ids.
+      dropout_key: a PRNG key to apply dropout (training); None for no dropout.
+
+    Returns:
+      (carry after the last step, logits [T, B, V]).
+    """
+    carry, hs = features(model, params, carry, inputs, dropout_key=dropout_key)
+    return carry, readout(model, params, hs)
 
 
 # --------------------------------------------------------------------------- losses
@@ -233,6 +252,15 @@ def sequence_loss(model: LanguageModel, params: Params, carry: Carry, inputs: Ar
     return losses.cross_entropy(logits, targets, mask), carry
 
 
+def _segment_start(model: LanguageModel, params: Params, carry: Carry, reset: Array,
+                   batch_size: int) -> Carry:
+    """The carry a segment starts from: the previous segment's, cut from the graph
+    (truncated BPTT), or the (learned) initial state where ``reset``."""
+    carry = jax.lax.stop_gradient(carry)
+    fresh = initial_carry(model, params, batch_size)
+    return jax.tree.map(lambda f, c: jnp.where(reset, f, c), fresh, carry)
+
+
 def tbptt_loss(model: LanguageModel):
     """A loss for ``rnnjax.train.make_train_step(loss, opt, uses_extra=True)``.
 
@@ -243,13 +271,69 @@ def tbptt_loss(model: LanguageModel):
     """
     def loss(params, carry, batch, key):
         inputs, targets, reset = batch
-        carry = jax.lax.stop_gradient(carry)
-        fresh = initial_carry(model, params, inputs.shape[1])
-        carry = jax.tree.map(lambda f, c: jnp.where(reset, f, c), fresh, carry)
+        carry = _segment_start(model, params, carry, reset, inputs.shape[1])
         value, new_carry = sequence_loss(model, params, carry, inputs, targets,
                                          dropout_key=key if model.dropout else None)
         return value, (new_carry, {"bits_per_token": value / losses.LN2})
     return loss
+
+
+# --------------------------------------------------------------------------- Hessian-free
+
+def hf_network(model: LanguageModel):
+    """The model split for :mod:`rnnjax.optim.hessian_free` (Martens & Sutskever 2011).
+
+    Returns ``net(params, batch) -> (logits [T, B, V], top-layer outputs [T, B, H])``
+    with ``batch = {"inputs": [T, B], "targets": [T, B], "carry": carry, "reset": []}``,
+    to pair with ``hessian_free.softmax_cross_entropy()``; the top layer's outputs are
+    the hidden states structural damping penalises. The segment starts from the carried
+    state as in :func:`tbptt_loss`.
+
+    Raises:
+      ValueError: if the model has dropout (the Gauss-Newton products need a
+        deterministic network).
+    """
+    if model.dropout:
+        raise ValueError(f"Hessian-free needs a deterministic network: dropout must be 0, got "
+                         f"{model.dropout}")
+
+    def net(params: Params, batch: dict[str, Any]) -> tuple[Array, Array]:
+        inputs = batch["inputs"]
+        carry = _segment_start(model, params, batch["carry"], batch["reset"], inputs.shape[1])
+        _, hs = features(model, params, carry, inputs)
+        return readout(model, params, hs), hs
+    return net
+
+
+def hf_example_axes(carry: Carry) -> dict[str, Any]:
+    """Example axis of each leaf of an :func:`hf_network` batch (for curvature minibatches
+    and the preconditioner): tokens [T, B] on axis 1, carries [B, ...] on axis 0."""
+    return {"inputs": 1, "targets": 1, "carry": jax.tree.map(lambda _: 0, carry),
+            "reset": None}
+
+
+def hf_tbptt_step(model: LanguageModel, hf: Any, *, curvature_batch_size: int | None = None):
+    """A pure ``step_fn(train_state, (inputs, targets, reset))`` for :func:`rnnjax.train.run`:
+    one Hessian-free update on the segment, with the carry in ``train_state.extra``.
+
+    ``hf`` is ``hessian_free.hessian_free(hf_network(model), softmax_cross_entropy(), ...)``
+    and ``train_state.opt_state`` its state. The next segment starts from the carry the
+    old parameters reach, as with the first-order :func:`tbptt_loss`.
+    """
+    from rnnjax.optim import hessian_free  # keep this module free of the optimizer
+
+    def step_fn(state, segment):
+        inputs, targets, reset = segment
+        batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets),
+                 "carry": state.extra, "reset": jnp.asarray(reset)}
+        inner = hessian_free.make_train_step(hf, curvature_batch_size=curvature_batch_size,
+                                             example_axes=hf_example_axes(state.extra))
+        new_state, metrics = inner(state, batch)
+        start = _segment_start(model, state.params, state.extra, batch["reset"], inputs.shape[1])
+        new_carry, _ = features(model, state.params, start, batch["inputs"])
+        metrics = dict(metrics, bits_per_token=metrics["loss"] / losses.LN2)
+        return new_state._replace(extra=new_carry), metrics
+    return step_fn
 
 
 # --------------------------------------------------------------------------- evaluation
