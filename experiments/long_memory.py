@@ -15,12 +15,15 @@ norms of every step). At the end it writes, beside ``metrics.jsonl`` in
   the largest Lyapunov exponent, and the outcome;
 * ``gradient_vs_lag.png``: ‖∂L/∂h_{T-k}‖ against the lag k at several training steps;
 * ``gradient_heatmap.png``: the per-step norms across training;
-* ``parameter_gradient_norms.png``: each parameter's gradient norm across training.
+* ``parameter_gradient_norms.png``: each parameter's gradient norm across training
+  (first-order optimizers).
 
 Remedies are flags: ``--clip_norm=θ`` (clipping by global norm), ``--nan_repair``
 (Pascanu et al.'s NaN/Inf repair), ``--cell=irnn`` (ReLU + identity init),
 ``--cell=lstm|gru``, ``--recurrent_init=orthogonal|identity|glorot|normal``,
-``--spectral_radius=ρ``.
+``--spectral_radius=ρ``; ``--optimizer=hf`` trains with Hessian-free (Martens &
+Sutskever 2011; ``--cg_iters``, ``--hf_lambda``, ``--hf_mu``, ``--curvature_batch_size``),
+so the networks it finds get the same diagnosis.
 
     python -m experiments.long_memory --task=addition --seq_len=50 --cell=lstm \
         --hidden=64 --batch_size=64 --learning_rate=1e-2 --steps=2000 --workdir=/tmp/lm
@@ -42,8 +45,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import flags as common
-from rnnjax import cells, diagnostics, recurrence, remedies, train
+from experiments import hf_flags
+from rnnjax import cells, diagnostics, optimizers, recurrence, remedies, train
 from rnnjax.data import synthetic
+from rnnjax.optim import hessian_free
 
 FLAGS = flags.FLAGS
 
@@ -96,7 +101,11 @@ def make_cell() -> cells.Cell:
 
 
 def validate() -> dict[str, Any]:
-    cfg = common.validate()
+    cfg = common.validate(optimizers_allowed=optimizers.OPTIMIZERS + ("hf",))
+    cfg.update(hf_flags.validate())
+    if FLAGS.optimizer == "hf" and (FLAGS.nan_repair or FLAGS.clip_norm is not None):
+        raise app.UsageError("--nan_repair and --clip_norm are first-order remedies: leave them "
+                             "unset with --optimizer=hf (its damping and line search bound the step)")
     common.check_choice("task", FLAGS.task, synthetic.LONG_MEMORY_TASKS)
     common.check_choice("recurrent_init", FLAGS.recurrent_init, RECURRENT_INITS)
     for name in ("eval_every", "eval_sequences", "diagnostic_batch"):
@@ -171,10 +180,19 @@ def run_from_flags() -> dict[str, Any]:
     def loss_fn(p, batch, k):
         return task.loss(net(p, batch.inputs)[0], batch)
 
-    optimizer = common.make_optimizer()
-    state = train.init_state(params, optimizer, seed=FLAGS.seed)
-    step_fn = remedies.make_train_step(loss_fn, optimizer, clip_norm=FLAGS.clip_norm,
-                                       nan_repair=FLAGS.nan_repair)
+    if FLAGS.optimizer == "hf":
+        output_loss = (hessian_free.squared_error() if task.kind == "regression"
+                       else hessian_free.softmax_cross_entropy())
+        opt = hf_flags.make_hf(lambda p, b: net(p, b.inputs), output_loss,
+                               net_returns_hidden=True, example_axes=1)
+        state = train.init_state(params, None, opt_state=opt.init(params), seed=FLAGS.seed)
+        step_fn = hessian_free.make_train_step(
+            opt, curvature_batch_size=FLAGS.curvature_batch_size, example_axes=1)
+    else:
+        optimizer = common.make_optimizer()
+        state = train.init_state(params, optimizer, seed=FLAGS.seed)
+        step_fn = remedies.make_train_step(loss_fn, optimizer, clip_norm=FLAGS.clip_norm,
+                                           nan_repair=FLAGS.nan_repair)
     t0 = time.perf_counter()
     step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()  # compile time kept apart
     compile_seconds = time.perf_counter() - t0
@@ -232,6 +250,10 @@ def run_from_flags() -> dict[str, Any]:
                    final_loss=_finite_or_none(float(history[-1]["loss"])) if history else None,
                    repaired_steps=_repaired_steps(history),
                    start=start_report, end=end_report)
+    if FLAGS.optimizer == "hf":
+        hs = state.opt_state
+        outcome.update(grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
+                       final_damping=float(hs.damping))
     if workdir is not None:
         if FLAGS.plots:
             write_plots(workdir, snapshots, task, cell)
@@ -263,6 +285,8 @@ def write_plots(workdir: str, snapshots: dict[int, np.ndarray], task, cell) -> N
                                      os.path.join(workdir, "gradient_vs_lag.png"), title=title)
     diagnostics.plot_gradient_heatmap(steps, np.stack([snapshots[s] for s in steps]),
                                       os.path.join(workdir, "gradient_heatmap.png"), title=title)
+    if FLAGS.optimizer == "hf":
+        return  # the HF step does not log per-parameter gradient norms
     p_steps, p_norms = diagnostics.parameter_gradient_norms(workdir)
     diagnostics.plot_parameter_gradient_norms(
         p_steps, p_norms, os.path.join(workdir, "parameter_gradient_norms.png"), title=title)

@@ -122,3 +122,22 @@ def test_sweep_table_marks_solved_failed_and_skipped(parsed_flags):
     assert lines[0] == "| T | tanh | lstm |"
     assert lines[2] == "| 50 | no (74% wrong after 600 steps, time cap) | **yes**: 200 steps, 9 s |"
     assert lines[3] == "| 100 | skipped | – |"
+
+
+def test_hessian_free_through_the_same_experiment(parsed_flags, tmp_path):
+    """--optimizer=hf in experiments.long_memory: solved, with the same diagnosis written."""
+    workdir = tmp_path / "hf"
+    for name, value in dict(task="temporal_order", seq_len=10, cell="tanh", hidden=16,
+                            optimizer="hf", batch_size=200, curvature_batch_size=50,
+                            cg_iters=30, steps=40, eval_every=5, eval_sequences=500,
+                            diagnostic_batch=8, checkpoint_every=0, progress=False,
+                            workdir=str(workdir)).items():
+        setattr(FLAGS, name, value)
+    outcome = long_memory.run_from_flags()
+    assert outcome["solved"] and outcome["updates"] <= 20
+    assert outcome["grad_evals"] == outcome["updates"] and outcome["curvature_products"] > 0
+    assert outcome["end"]["verdict"] in ("vanishing", "exploding", "healthy")
+    assert os.path.getsize(workdir / "gradient_vs_lag.png") > 1000
+    FLAGS.clip_norm = 1.0
+    with pytest.raises(app.UsageError, match="--clip_norm are first-order remedies"):
+        long_memory.validate()
