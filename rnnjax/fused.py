@@ -378,7 +378,23 @@ def _fused_unroll(cell: Cell, core) -> Callable:
     # The step functions this override computes; recurrence.unroll ignores the override
     # on a cell whose project/recurrent_step were replaced afterwards (e.g. by _replace).
     unroll.steps = (cell.project, cell.recurrent_step)
+    unroll.core = core
     return unroll
+
+
+def with_projection(cell: Cell, project: Callable) -> Cell:
+    """``cell`` with another input projection ``project(params, xs) -> [..., G]``
+    (e.g. a table lookup for one-hot inputs), keeping its fused unroll if it has one.
+
+    ``cell._replace(project=...)`` alone would make ``recurrence.unroll`` fall back to
+    the generic scan, since the fused override projects with the old function.
+    """
+    from rnnjax import recurrence
+    new = cell._replace(project=project)
+    core = getattr(cell.unroll, "core", None)
+    if core is None or not recurrence._has_valid_override(cell):
+        return new   # not fused (or a stale override): the generic scan, as before
+    return new._replace(unroll=_fused_unroll(new, core))
 
 
 MODES = ("jvp", "vjp")

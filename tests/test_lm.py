@@ -249,3 +249,21 @@ def test_hessian_free_trains_the_mrnn_on_a_tiny_repeating_text():
     assert result["bits"] < 0.2
     with pytest.raises(ValueError, match="dropout"):
         lm.hf_network(lm.LanguageModel(len(vocab), dropout=0.5))
+
+
+@pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
+def test_one_hot_lookup_keeps_the_fused_unroll(cell):
+    """Token ids look up rows of the input projection; the fused BPTT still runs."""
+    from rnnjax import recurrence
+    model = lm.LanguageModel(7, cell=cell, hidden=8)
+    first = lm._one_hot_cell(lm.make_cells(model)[0], 7)
+    assert first.unroll is not None and recurrence._has_valid_override(first)
+    plain = lm.LanguageModel(7, cell=cell, hidden=8, fused=False)
+    params = lm.init(model, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (5, 3), 0, 7)
+    carry = lm.initial_carry(model, params, 3)
+
+    def loss(m, p):
+        return lm.sequence_loss(m, p, carry, ids[:-1], ids[1:])[0]
+    chex.assert_trees_all_close(jax.grad(lambda p: loss(model, p))(params),
+                                jax.grad(lambda p: loss(plain, p))(params), atol=1e-5)

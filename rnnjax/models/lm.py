@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax import cells as cells_lib
-from rnnjax import losses
+from rnnjax import fused, losses
 from rnnjax import recurrence
 
 Array = jax.Array
@@ -161,7 +161,7 @@ def _one_hot_cell(cell: cells_lib.Cell, vocab_size: int) -> cells_lib.Cell:
     def project(p, ids):
         table = cell.project(p, jnp.eye(vocab_size, dtype=jnp.float32))
         return jnp.take(table, ids[..., 0], axis=0)
-    return cell._replace(project=project)
+    return fused.with_projection(cell, project)   # a fused cell stays fused
 
 
 def _dropout(x: Array, rate: float, key: Array | None) -> Array:
@@ -197,13 +197,9 @@ def features(model: LanguageModel, params: Params, carry: Carry, inputs: Array, 
     if model.embed_size > 0:
         xs = jnp.take(params["embed"], inputs, axis=0)               # [T, B, E]
         first = cs[0]
-    elif cs[0].unroll is None:
+    else:
         xs = inputs[..., None]                                       # ids as [T, B, 1]
         first = _one_hot_cell(cs[0], model.vocab_size)
-    else:
-        # A cell with its own unroll (fused) projects inside it: give it real one-hots.
-        xs = jax.nn.one_hot(inputs, model.vocab_size, dtype=jnp.float32)   # [T, B, V]
-        first = cs[0]
     new_carry = []
     for i, (c, p, cr) in enumerate(zip((first,) + cs[1:], params["layers"], carry)):
         if i > 0 or model.embed_size > 0:
