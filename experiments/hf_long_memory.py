@@ -38,7 +38,6 @@ from experiments import flags as common
 from experiments import hf_flags, long_memory
 from rnnjax import cells, optimizers, recurrence, train
 from rnnjax.data import synthetic
-from rnnjax.optim import hessian_free
 
 FLAGS = flags.FLAGS
 
@@ -77,12 +76,7 @@ def main(argv):
         return task.generate(jax.random.fold_in(data_key, step), B, T)
 
     if FLAGS.optimizer == "hf":
-        output_loss = (hessian_free.squared_error() if task.kind == "regression"
-                       else hessian_free.softmax_cross_entropy())
-        opt = hf_flags.make_hf(net, output_loss, net_returns_hidden=True, example_axes=1)
-        state = train.init_state(params, None, opt_state=opt.init(params), seed=FLAGS.seed)
-        step_fn = hessian_free.make_train_step(
-            opt, curvature_batch_size=FLAGS.curvature_batch_size, example_axes=1)
+        state, step_fn = long_memory.hf_state_and_step(net, task, params)
     else:
         optimizer = common.make_optimizer()
         state = train.init_state(params, optimizer, seed=FLAGS.seed)

@@ -88,6 +88,18 @@ def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):
     return params, net, readout
 
 
+def hf_state_and_step(net, task: synthetic.Task, params) -> tuple[train.TrainState, Any]:
+    """TrainState and step of ``--optimizer=hf`` for ``net(params, batch) -> (outputs
+    [T, B, O], hiddens [T, B, H])``: squared error for regression tasks, softmax
+    cross-entropy otherwise; the hiddens are what ``--hf_mu`` damps."""
+    output_loss = (hessian_free.squared_error() if task.kind == "regression"
+                   else hessian_free.softmax_cross_entropy())
+    opt = hf_flags.make_hf(net, output_loss, net_returns_hidden=True, example_axes=1)
+    state = train.init_state(params, None, opt_state=opt.init(params), seed=FLAGS.seed)
+    return state, hessian_free.make_train_step(
+        opt, curvature_batch_size=FLAGS.curvature_batch_size, example_axes=1)
+
+
 def make_cell() -> cells.Cell:
     kwargs: dict[str, Any] = {}
     if FLAGS.recurrent_init != "default":
@@ -181,13 +193,7 @@ def run_from_flags() -> dict[str, Any]:
         return task.loss(net(p, batch.inputs)[0], batch)
 
     if FLAGS.optimizer == "hf":
-        output_loss = (hessian_free.squared_error() if task.kind == "regression"
-                       else hessian_free.softmax_cross_entropy())
-        opt = hf_flags.make_hf(lambda p, b: net(p, b.inputs), output_loss,
-                               net_returns_hidden=True, example_axes=1)
-        state = train.init_state(params, None, opt_state=opt.init(params), seed=FLAGS.seed)
-        step_fn = hessian_free.make_train_step(
-            opt, curvature_batch_size=FLAGS.curvature_batch_size, example_axes=1)
+        state, step_fn = hf_state_and_step(lambda p, b: net(p, b.inputs), task, params)
     else:
         optimizer = common.make_optimizer()
         state = train.init_state(params, optimizer, seed=FLAGS.seed)

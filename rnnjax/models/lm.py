@@ -217,16 +217,8 @@ def readout(model: LanguageModel, params: Params, hs: Array) -> Array:
 @functools.partial(jax.jit, static_argnums=0)
 def apply(model: LanguageModel, params: Params, carry: Carry, inputs: Array, *,
           dropout_key: Array | None = None) -> tuple[Carry, Array]:
-    """Run the model over a segment.
-
-    Args:
-      carry: one carry per layer, each for B sequences.
-      inputs: [T, B] int token ids.
-      dropout_key: a PRNG key to apply dropout (training); None for no dropout.
-
-    Returns:
-      (carry after the last step, logits [T, B, V]).
-    """
+    """Run the model over a segment (:func:`features`, then :func:`readout`): returns
+    (carry after the last step, logits [T, B, V]) for ``inputs`` [T, B] token ids."""
     carry, hs = features(model, params, carry, inputs, dropout_key=dropout_key)
     return carry, readout(model, params, hs)
 
