@@ -30,13 +30,12 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from experiments import flags as common
 from experiments import hf_flags, long_memory
-from rnnjax import cells, optimizers, recurrence, train
+from rnnjax import cells, optimizers, train
 from rnnjax.data import synthetic
 
 FLAGS = flags.FLAGS
