@@ -141,3 +141,18 @@ def test_hessian_free_through_the_same_experiment(parsed_flags, tmp_path):
     FLAGS.clip_norm = 1.0
     with pytest.raises(app.UsageError, match="--clip_norm are first-order remedies"):
         long_memory.validate()
+
+
+def test_hf_long_memory_reports_solved_runs_with_their_costs(parsed_flags, tmp_path, capsys):
+    from experiments import hf_long_memory
+    results = tmp_path / "hf.jsonl"
+    for name, value in dict(task="temporal_order", seq_len=10, cell="tanh", hidden=16,
+                            optimizer="hf", batch_size=200, curvature_batch_size=50,
+                            cg_iters=30, steps=40, eval_every=5, eval_sequences=500,
+                            progress=False, results=str(results)).items():
+        setattr(FLAGS, name, value)
+    hf_long_memory.main([])
+    outcome = json.loads(results.read_text().splitlines()[-1])
+    assert outcome["solved"] and outcome["error_rate"] < 0.01 and outcome["updates"] <= 20
+    assert outcome["curvature_products"] > 0 and outcome["train_seconds"] > 0
+    assert "wrong" in capsys.readouterr().out
