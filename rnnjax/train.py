@@ -86,7 +86,8 @@ max_bad_steps=None, progress=True, jit=True, stop_fn=None) -> (state, history)``
 A record is logged after every step ``s`` (counting finished steps) that is a
 multiple of ``log_every``, ``eval_every`` or ``checkpoint_every`` and after the
 last step; its train metrics are means over the steps since the previous
-record, so checkpoints always fall on record boundaries and a resumed run logs
+record (metrics named ``total_*``, running totals, are their value after the
+last step), so checkpoints always fall on record boundaries and a resumed run logs
 the same numbers as one that was never stopped. Each record has ``step``,
 ``loss`` (and the other step metrics), ``steps_per_sec`` and ``time``.
 
@@ -403,7 +404,9 @@ def run(
             record: dict[str, Any] = {"step": done}
             fetched = jax.device_get(window)
             for k in fetched[0]:
-                if k != "bad_steps":  # a counter: logged from the state below
+                if k.startswith("total_"):  # a running total: its value after the last step
+                    record[k] = _to_json(np.asarray(fetched[-1][k], np.float64))
+                elif k != "bad_steps":  # a counter: logged from the state below
                     record[k] = _to_json(np.mean([np.asarray(m[k], np.float64) for m in fetched], 0))
             record["bad_steps"] = _to_json(jax.device_get(state.bad_steps))
             record["total_bad_steps"] = _to_json(jax.device_get(state.total_bad_steps))

@@ -299,3 +299,19 @@ def test_stop_fn_ends_the_run_with_a_record_and_a_checkpoint(tmp_path):
                                stop_fn=lambda s: int(s.step) >= 13, progress=False)
     assert int(state.step) == 13 and [r["step"] for r in history] == [10, 13]
     assert checkpoint.latest_step(str(tmp_path)) == 13
+
+
+def test_running_totals_are_logged_as_their_value_not_a_mean():
+    """Metrics named total_* (e.g. Hessian-free's curvature products) are running totals."""
+    opt = optax.sgd(0.1)
+    inner = train.make_train_step(loss_fn, opt)
+
+    def step_fn(state, batch):
+        new_state, metrics = inner(state, batch)
+        return new_state, dict(metrics, total_seen=new_state.step.astype(jnp.float32),
+                               seen=new_state.step.astype(jnp.float32))
+
+    _, history = train.run(None, fresh_state(opt), step_fn, batch_fn, steps=8, log_every=4,
+                           progress=False)
+    assert [r["total_seen"] for r in history] == [4.0, 8.0]
+    assert [r["seen"] for r in history] == [2.5, 6.5]   # others: means over the window

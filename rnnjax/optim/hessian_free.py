@@ -624,8 +624,8 @@ def hessian_free(
             "damping": lam, "rho": rho, "cg_iters": cg.iters.astype(jnp.float32),
             "best_cg_iter": best_iter.astype(jnp.float32), "step_rate": rate,
             "step_norm": rate * jnp.linalg.norm(p),
-            "curvature_products": new_state.curvature_products,
-            "grad_evals": new_state.grad_evals,
+            "total_curvature_products": new_state.curvature_products,
+            "total_grad_evals": new_state.grad_evals,
         }
         return new_params, new_state, info
 
