@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 COMMON_FLAGS = (
     "workdir", "seed", "steps", "batch_size", "optimizer", "learning_rate", "lr_schedule",
-    "warmup_steps", "cell", "hidden", "clip_norm", "log_every", "checkpoint_every",
+    "warmup_steps", "decay_rate", "decay_steps", "decay_begin", "cell", "hidden", "clip_norm", "log_every", "checkpoint_every",
     "keep_checkpoints", "max_bad_steps", "progress",
 )
 
@@ -64,6 +64,11 @@ def _define() -> None:
     define("string", "lr_schedule", "constant",
            "Learning-rate schedule, one of: " + ", ".join(optimizers.SCHEDULES) + ".")
     define("integer", "warmup_steps", 0, "Linear warmup steps for --lr_schedule=warmup_cosine.")
+    define("float", "decay_rate", 0.5, "Factor per --decay_steps of --lr_schedule=exponential|step.")
+    define("integer", "decay_steps", 0, "Steps per decay of --lr_schedule=exponential|step "
+           "(0: a quarter of --steps).")
+    define("integer", "decay_begin", 0, "Steps at the peak rate before --lr_schedule="
+           "exponential|step starts decaying.")
     define("string", "cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
     define("integer", "hidden", 32, "Hidden units per layer (a positive integer).")
     define("float", "clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "
@@ -125,13 +130,15 @@ def validate(cells_allowed: Iterable[str] | None = None,
     for name in ("steps", "batch_size", "hidden", "log_every", "keep_checkpoints",
                  "max_bad_steps"):
         check_positive_int(name, FLAGS[name].value)
-    for name in ("checkpoint_every", "warmup_steps"):
+    for name in ("checkpoint_every", "warmup_steps", "decay_steps", "decay_begin"):
         check_positive_int(name, FLAGS[name].value, allow_zero=True)
     check_choice("optimizer", FLAGS.optimizer, optimizers_allowed or optimizers.OPTIMIZERS)
     check_choice("lr_schedule", FLAGS.lr_schedule, optimizers.SCHEDULES)
     check_choice("cell", FLAGS.cell, cells_allowed or cells.CELL_NAMES)
     if not FLAGS.learning_rate > 0:
         _fail("learning_rate", FLAGS.learning_rate, "expected a positive number")
+    if not 0 < FLAGS.decay_rate <= 1:
+        _fail("decay_rate", FLAGS.decay_rate, "expected a factor in (0, 1]")
     if FLAGS.clip_norm is not None and not FLAGS.clip_norm > 0:
         _fail("clip_norm", FLAGS.clip_norm, "expected a positive number (or leave it unset)")
     if FLAGS.lr_schedule == "warmup_cosine" and FLAGS.warmup_steps >= FLAGS.steps:
@@ -144,7 +151,9 @@ def validate(cells_allowed: Iterable[str] | None = None,
 def make_optimizer() -> Any:
     """The optax optimizer the common flags describe (call after validate)."""
     return optimizers.make(FLAGS.optimizer, FLAGS.learning_rate, schedule=FLAGS.lr_schedule,
-                           steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps)
+                           steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps,
+                           decay_rate=FLAGS.decay_rate, decay_steps=FLAGS.decay_steps or None,
+                           decay_begin=FLAGS.decay_begin)
 
 
 def loop_kwargs() -> dict[str, Any]:

@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 from experiments import flags as common
 from experiments import hf_flags
-from rnnjax import checkpoint, losses, optimizers, train
+from rnnjax import allocator, checkpoint, losses, optimizers, train
 from rnnjax.data import text
 from rnnjax.models import lm
 from rnnjax.optim import hessian_free
@@ -69,6 +69,9 @@ common.define("bool", "sample_only", False, "Do not train: load --workdir's late
 common.define("integer", "sample_length", 500, "Tokens to generate per sample.")
 common.define("float", "temperature", 0.8, "Sampling temperature (0: greedy).")
 common.define("integer", "top_k", 0, "Sample among the k most likely tokens (0: all).")
+common.define("enum", "allocator", "auto", list(allocator.ALLOCATORS), "Memory allocator of "
+                  "the process (re-executes once, see rnnjax.allocator): auto = mimalloc if "
+                  "installed, else glibc told to keep XLA's per-step scratch; system: as started.")
 common.define("string", "prime", None, "Text the samples start from (default: a newline for "
                     "characters, 'the' for words).")
 
@@ -333,6 +336,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = validate()
+    allocator.ensure(FLAGS.allocator)  # re-executes once, before the heavy allocations
     logging.set_verbosity(logging.WARNING)   # keep orbax's per-checkpoint chatter out
     if FLAGS.sample_only:
         print(sample_from_workdir(FLAGS.workdir))

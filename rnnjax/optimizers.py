@@ -31,6 +31,7 @@ def schedule_shape(
     warmup_steps: int = 0,
     decay_rate: float = 0.5,
     decay_steps: int | None = None,
+    decay_begin: int = 0,
     end_fraction: float = 0.0,
 ) -> optax.Schedule:
     """A schedule with peak value 1 (multiply by the peak learning rate).
@@ -38,7 +39,9 @@ def schedule_shape(
     constant: 1. cosine: 1 -> end_fraction over ``steps``. warmup_cosine: 0 -> 1
     linearly over ``warmup_steps``, then cosine to end_fraction at ``steps``.
     exponential: decay_rate ** (t / decay_steps), smooth. step: the same with
-    ``t // decay_steps`` (staircase).
+    ``t // decay_steps`` (staircase). Both hold 1 for the first ``decay_begin`` steps
+    and count t from there (Zaremba et al. 2014: lr 1 for 4 epochs, then halved
+    every epoch, is ``step`` with decay_begin = 4 epochs, decay_steps = 1 epoch).
     """
     if schedule == "constant":
         return optax.constant_schedule(1.0)
@@ -56,7 +59,10 @@ def schedule_shape(
             raise ValueError(f"schedule {schedule!r} needs decay_steps or steps")
         if not 0 < decay_rate <= 1:
             raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate!r}")
-        return optax.exponential_decay(1.0, decay_steps, decay_rate, staircase=schedule == "step")
+        if decay_begin < 0:
+            raise ValueError(f"decay_begin must be >= 0, got {decay_begin!r}")
+        return optax.exponential_decay(1.0, decay_steps, decay_rate, transition_begin=decay_begin,
+                                       staircase=schedule == "step")
     raise ValueError(f"unknown learning-rate schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
 
 
@@ -88,6 +94,7 @@ def make(
     warmup_steps: int = 0,
     decay_rate: float = 0.5,
     decay_steps: int | None = None,
+    decay_begin: int = 0,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     b1: float = 0.9,
@@ -104,7 +111,8 @@ def make(
         raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
     base = _base(name, momentum, weight_decay, b1, b2, eps, rms_decay)
     shape = schedule_shape(schedule, steps=steps, warmup_steps=warmup_steps,
-                           decay_rate=decay_rate, decay_steps=decay_steps)
+                           decay_rate=decay_rate, decay_steps=decay_steps,
+                           decay_begin=decay_begin)
 
     def factory(learning_rate: jax.Array) -> optax.GradientTransformation:
         return optax.chain(base, optax.scale_by_schedule(lambda t: -learning_rate * shape(t)))

@@ -44,6 +44,9 @@ def test_defaults_validate_and_build_an_optimizer(tmp_path):
     ("lr_schedule", "linear", "constant, cosine"),
     ("learning_rate", 0.0, "positive number"),
     ("clip_norm", -1.0, "positive number"),
+    ("decay_rate", 1.5, "factor in (0, 1]"),
+    ("decay_steps", -1, "non-negative integer"),
+    ("decay_begin", -3, "non-negative integer"),
 ])
 def test_invalid_values_name_the_flag_and_what_is_accepted(flag, value, accepted):
     setattr(FLAGS, flag, value)

@@ -291,6 +291,15 @@ def test_optimizers_and_schedules_by_name():
         optimizers.make("sgd", 0.1, schedule="linear")
 
 
+def test_step_schedule_holds_the_peak_until_decay_begin():
+    """Zaremba et al.'s schedule: the peak rate for decay_begin steps, then halved
+    every decay_steps."""
+    shape = optimizers.schedule_shape("step", decay_rate=0.5, decay_steps=3, decay_begin=4)
+    assert [float(shape(t)) for t in range(12)] == [1, 1, 1, 1, 1, 1, 1, .5, .5, .5, .25, .25]
+    with pytest.raises(ValueError, match="decay_begin must be >= 0"):
+        optimizers.schedule_shape("step", decay_steps=3, decay_begin=-1)
+
+
 def test_stop_fn_ends_the_run_with_a_record_and_a_checkpoint(tmp_path):
     opt = optax.adam(0.1)
     step_fn = train.make_train_step(loss_fn, opt)
