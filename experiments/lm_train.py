@@ -60,6 +60,10 @@ common.define("float", "max_minutes", None, "Stop training after this many minut
                    "checkpoint, evaluate, sample). Unset: run all --steps.")
 common.define("integer", "eval_every", 500, "Validate (on --eval_tokens tokens) and print a "
                      "sample every N steps; 0: only at the end.")
+common.define("float", "plateau_factor", 1.0, "After each periodic evaluation whose validation "
+                   "loss is not below the best so far, multiply the learning rate by this "
+                   "factor (Mikolov's RNNLM and the PyTorch word-LM example: 0.25); 1: never. "
+                   "Works with any --lr_schedule (it lowers the peak rate).")
 common.define("integer", "eval_tokens", 50_000, "Tokens of the validation split used by the "
                      "periodic evaluation (the final one uses the whole split).")
 common.define("integer", "eval_batch_size", 32, "Parallel streams for evaluation.")
@@ -102,6 +106,12 @@ def validate() -> dict[str, Any]:
         raise app.UsageError(f"--factors={FLAGS.factors} is invalid: expected a positive integer")
     if not 0.0 <= FLAGS.dropout < 1.0:
         raise app.UsageError(f"--dropout={FLAGS.dropout} is invalid: expected a rate in [0, 1)")
+    if not 0 < FLAGS.plateau_factor <= 1:
+        raise app.UsageError(f"--plateau_factor={FLAGS.plateau_factor} is invalid: expected a "
+                             "factor in (0, 1] (1: never anneal)")
+    if FLAGS.plateau_factor < 1 and (FLAGS.optimizer == "hf" or not FLAGS.eval_every):
+        raise app.UsageError(f"--plateau_factor={FLAGS.plateau_factor} needs periodic "
+                             "evaluations (--eval_every > 0) and an optax --optimizer, not hf")
     if FLAGS.temperature < 0:
         raise app.UsageError(f"--temperature={FLAGS.temperature} is invalid: expected >= 0")
     if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
@@ -112,7 +122,7 @@ def validate() -> dict[str, Any]:
     cfg.update({name: FLAGS[name].value for name in (
         "corpus", "data_path", "level", "max_vocab", "seq_len", "layers", "embed_size",
         "dropout", "tie_embeddings", "factors", "unroll", "fused", "max_minutes",
-        "eval_every", "eval_tokens", "eval_batch_size")})
+        "plateau_factor", "eval_every", "eval_tokens", "eval_batch_size")})
     try:
         model_from_config(cfg, vocab_size=2).validate()
     except ValueError as e:
@@ -267,6 +277,9 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
     state, history = train.run(workdir, state, step_fn, streams.segment, jit=False,
                                eval_fn=eval_fn if cfg["eval_every"] else None,
                                eval_every=cfg["eval_every"] or None, stop_fn=out_of_time,
+                               after_eval=optimizers.anneal_on_plateau(
+                                   "eval_valid_nats", cfg["plateau_factor"])
+                               if cfg["plateau_factor"] < 1 else None,
                                **common.loop_kwargs())
     stopped_early = int(state.step) < cfg["steps"]
     if stopped_early:

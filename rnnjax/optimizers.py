@@ -120,6 +120,29 @@ def make(
     return optax.inject_hyperparams(factory)(learning_rate=jnp.asarray(learning_rate, jnp.float32))
 
 
+def anneal_on_plateau(metric: str, factor: float, *, min_improvement: float = 0.0):
+    """An ``after_eval`` hook for :func:`rnnjax.train.run`: multiply the peak learning
+    rate by ``factor`` after every evaluation whose ``metric`` (a key of the logged
+    record, e.g. ``"eval_valid_nats"``, lower is better) is not below the best earlier
+    value by more than ``min_improvement``. The rule of Mikolov's RNNLM toolkit and
+    the PyTorch word-LM example (which divide by 4), for optimizers built by
+    :func:`make`. The decision is a pure function of the logged history, so a resumed
+    run anneals exactly as an uninterrupted one; the rate itself lives in the
+    optimizer state and is checkpointed with it.
+    """
+    if not 0 < factor <= 1:
+        raise ValueError(f"factor must be in (0, 1], got {factor!r}")
+
+    def after_eval(state, history):
+        values = [r[metric] for r in history if metric in r]
+        if factor == 1 or len(values) < 2 or values[-1] < min(values[:-1]) - min_improvement:
+            return state
+        lr = learning_rate_of(state.opt_state) * factor
+        return state._replace(opt_state=with_learning_rate(state.opt_state, lr))
+
+    return after_eval
+
+
 def learning_rate_of(opt_state: Any) -> jax.Array:
     """The peak learning rate stored in an optimizer state made by :func:`make`."""
     return opt_state.hyperparams["learning_rate"]

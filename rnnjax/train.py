@@ -61,7 +61,8 @@ update_extra=False) -> TrainState``
 
 ``run(workdir, state, step_fn, batch_fn, *, steps, log_every=100,
 checkpoint_every=None, keep=3, eval_fn=None, eval_every=None, on_log=None,
-max_bad_steps=None, progress=True, jit=True, stop_fn=None) -> (state, history)``
+max_bad_steps=None, progress=True, jit=True, stop_fn=None, after_eval=None)
+-> (state, history)``
     ``batch_fn(step: int) -> batch`` must be a pure function of the step index
     (the step about to run, counted from 0). ``eval_fn(state) -> dict`` of
     floats (called every ``eval_every`` steps and at the end; logged with an
@@ -81,7 +82,10 @@ max_bad_steps=None, progress=True, jit=True, stop_fn=None) -> (state, history)``
     step, ends the run early (e.g. on a time budget) as if that step were the
     last: a record, a checkpoint (if ``checkpoint_every`` is set) and the eval.
     ``jit=False`` when ``step_fn`` is already jitted or wraps a jitted function
-    with Python around it.
+    with Python around it. ``after_eval(state, history) -> state``, called after
+    each evaluation with the history that ends in its record, may change the
+    state before it is checkpointed (e.g. :func:`rnnjax.optimizers.anneal_on_plateau`
+    lowers the learning rate when validation stops improving).
 
 A record is logged after every step ``s`` (counting finished steps) that is a
 multiple of ``log_every``, ``eval_every`` or ``checkpoint_every`` and after the
@@ -340,6 +344,7 @@ def run(
     progress: bool = True,
     jit: bool = True,
     stop_fn: Callable[[TrainState], bool] | None = None,
+    after_eval: Callable[[TrainState, list[dict[str, Any]]], TrainState] | None = None,
 ) -> tuple[TrainState, list[dict[str, Any]]]:
     """Train ``state`` with ``step_fn`` on ``batch_fn(step)`` up to ``steps``.
 
@@ -411,10 +416,13 @@ def run(
             record["bad_steps"] = _to_json(jax.device_get(state.bad_steps))
             record["total_bad_steps"] = _to_json(jax.device_get(state.total_bad_steps))
             record["steps_per_sec"] = len(window) / max(now - t_window, 1e-9)
-            if eval_fn is not None and (is_eval or last):
+            evaluated = eval_fn is not None and (is_eval or last)
+            if evaluated:
                 record.update({f"eval_{k}": _to_json(v) for k, v in eval_fn(state).items()})
             record["time"] = time.time() - t_start
             history.append(record)
+            if evaluated and after_eval is not None:
+                state = after_eval(state, history)
             if metrics_file:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()

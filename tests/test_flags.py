@@ -100,3 +100,15 @@ def test_language_models_accept_hessian_free_but_not_with_dropout():
     FLAGS.dropout, FLAGS.curvature_batch_size = 0.0, FLAGS.batch_size + 1
     with pytest.raises(app.UsageError, match="--curvature_batch_size="):
         lm_train.validate()
+
+
+def test_language_models_check_the_plateau_factor():
+    from experiments import lm_train
+    FLAGS.plateau_factor = 0.25
+    assert lm_train.validate()["plateau_factor"] == 0.25
+    FLAGS.plateau_factor = 1.5
+    with pytest.raises(app.UsageError, match=r"--plateau_factor=1.5 is invalid: expected a factor"):
+        lm_train.validate()
+    FLAGS.plateau_factor, FLAGS.eval_every = 0.5, 0
+    with pytest.raises(app.UsageError, match="--plateau_factor=0.5 needs periodic evaluations"):
+        lm_train.validate()

@@ -300,6 +300,30 @@ def test_step_schedule_holds_the_peak_until_decay_begin():
         optimizers.schedule_shape("step", decay_steps=3, decay_begin=-1)
 
 
+def test_anneal_on_plateau_lowers_the_rate_only_after_evaluations_that_do_not_improve(tmp_path):
+    opt = optimizers.make("sgd", 0.8)
+    valid = iter([3.0, 2.0, 2.5, 1.0, 1.0])  # improves, improves, worse, improves, equal
+    rates = []
+
+    def eval_fn(state):
+        return {"loss": next(valid)}
+
+    def after_eval(state, history):
+        state = hook(state, history)
+        rates.append(float(optimizers.learning_rate_of(state.opt_state)))
+        return state
+
+    hook = optimizers.anneal_on_plateau("eval_loss", 0.25)
+    state, _ = train.run(str(tmp_path), fresh_state(opt), train.make_train_step(loss_fn, opt),
+                         batch_fn, steps=25, eval_fn=eval_fn, eval_every=5,
+                         after_eval=after_eval, checkpoint_every=5, progress=False)
+    assert rates == pytest.approx([0.8, 0.8, 0.2, 0.2, 0.05])
+    restored = checkpoint.restore(str(tmp_path), fresh_state(opt))  # the rate is checkpointed
+    assert float(optimizers.learning_rate_of(restored.opt_state)) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="factor must be in"):
+        optimizers.anneal_on_plateau("eval_loss", 0.0)
+
+
 def test_stop_fn_ends_the_run_with_a_record_and_a_checkpoint(tmp_path):
     opt = optax.adam(0.1)
     step_fn = train.make_train_step(loss_fn, opt)
