@@ -64,6 +64,9 @@ common.define("float", "plateau_factor", 1.0, "After each periodic evaluation wh
                    "loss is not below the best so far, multiply the learning rate by this "
                    "factor (Mikolov's RNNLM and the PyTorch word-LM example: 0.25); 1: never. "
                    "Works with any --lr_schedule (it lowers the peak rate).")
+common.define("float", "plateau_threshold", 0.0, "--plateau_factor anneals unless the validation "
+                   "loss beats the best so far by more than this many nats per token (Mikolov's "
+                   "RNNLM: about 0.003).")
 common.define("integer", "eval_tokens", 50_000, "Tokens of the validation split used by the "
                      "periodic evaluation (the final one uses the whole split).")
 common.define("integer", "eval_batch_size", 32, "Parallel streams for evaluation.")
@@ -112,6 +115,9 @@ def validate() -> dict[str, Any]:
     if FLAGS.plateau_factor < 1 and (FLAGS.optimizer == "hf" or not FLAGS.eval_every):
         raise app.UsageError(f"--plateau_factor={FLAGS.plateau_factor} needs periodic "
                              "evaluations (--eval_every > 0) and an optax --optimizer, not hf")
+    if FLAGS.plateau_threshold < 0:
+        raise app.UsageError(f"--plateau_threshold={FLAGS.plateau_threshold} is invalid: "
+                             "expected >= 0 nats")
     if FLAGS.temperature < 0:
         raise app.UsageError(f"--temperature={FLAGS.temperature} is invalid: expected >= 0")
     if FLAGS.max_minutes is not None and not FLAGS.max_minutes > 0:
@@ -122,7 +128,7 @@ def validate() -> dict[str, Any]:
     cfg.update({name: FLAGS[name].value for name in (
         "corpus", "data_path", "level", "max_vocab", "seq_len", "layers", "embed_size",
         "dropout", "tie_embeddings", "factors", "unroll", "fused", "max_minutes",
-        "plateau_factor", "eval_every", "eval_tokens", "eval_batch_size")})
+        "plateau_factor", "plateau_threshold", "eval_every", "eval_tokens", "eval_batch_size")})
     try:
         model_from_config(cfg, vocab_size=2).validate()
     except ValueError as e:
@@ -278,7 +284,8 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
                                eval_fn=eval_fn if cfg["eval_every"] else None,
                                eval_every=cfg["eval_every"] or None, stop_fn=out_of_time,
                                after_eval=optimizers.anneal_on_plateau(
-                                   "eval_valid_nats", cfg["plateau_factor"])
+                                   "eval_valid_nats", cfg["plateau_factor"],
+                                   min_improvement=cfg["plateau_threshold"])
                                if cfg["plateau_factor"] < 1 else None,
                                **common.loop_kwargs())
     stopped_early = int(state.step) < cfg["steps"]

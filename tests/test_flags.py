@@ -112,3 +112,6 @@ def test_language_models_check_the_plateau_factor():
     FLAGS.plateau_factor, FLAGS.eval_every = 0.5, 0
     with pytest.raises(app.UsageError, match="--plateau_factor=0.5 needs periodic evaluations"):
         lm_train.validate()
+    FLAGS.eval_every, FLAGS.plateau_threshold = 100, -0.1
+    with pytest.raises(app.UsageError, match="--plateau_threshold=-0.1 is invalid"):
+        lm_train.validate()

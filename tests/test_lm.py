@@ -1,6 +1,8 @@
 """Tests for rnnjax.models.lm: teacher forcing, truncated BPTT, evaluation, sampling,
 and learning a tiny repeating text."""
 
+import subprocess
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -223,6 +225,31 @@ def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path
     r = _run_char_lm(f"--data_path={binary}", *common[:-1], f"--workdir={tmp_path / 'bad'}",
                      cwd=repo)
     assert r.returncode != 0 and "looks binary" in r.stderr
+
+
+def test_word_lm_experiment_with_its_defaults_learns_a_tiny_text(tmp_path):
+    """experiments.word_lm with its own defaults (tied embeddings, dropout, SGD at rate 20,
+    clipping, annealing on plateau, the allocator re-exec) on a tiny word-level file."""
+    import json
+    import os
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = tmp_path / "tiny.txt"
+    data.write_text("the cat sat on the mat and the dog lay by the door .\n" * 200,
+                    encoding="utf-8")
+    workdir = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "experiments.word_lm", f"--data_path={data}", "--hidden=16",
+         "--embed_size=16", "--batch_size=4", "--steps=60", "--eval_every=20",
+         "--eval_tokens=200", "--eval_batch_size=2", "--checkpoint_every=20",
+         "--progress=false", f"--workdir={workdir}"],
+        capture_output=True, text=True, cwd=repo, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    config = results["config"]
+    assert config["optimizer"] == "sgd" and config["tie_embeddings"] and config["dropout"] > 0
+    assert results["steps"] == 60 and results["vocab_size"] == 13  # 12 words + <unk>
+    assert results["valid"]["perplexity"] < 4.0  # uniform over the vocabulary: 13
 
 
 def test_hessian_free_trains_the_mrnn_on_a_tiny_repeating_text():
