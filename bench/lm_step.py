@@ -55,6 +55,8 @@ flags.DEFINE_integer("rounds", 5, "rounds; each times every model once")
 flags.DEFINE_integer("warmup", 3, "untimed steps after compiling")
 flags.DEFINE_list("unroll", ["tanh:1", "lstm:1", "gru:1"],
                   "rnnjax unroll per cell, as cell:n (JAX models only)")
+flags.DEFINE_integer("xla_opt_level", None, "compile the JAX models with compiler_options="
+                     "{'xla_backend_optimization_level': N} (LLVM level; unset: XLA's default)")
 flags.DEFINE_enum("allocator", "auto", list(allocator.ALLOCATORS),
                   "allocator for the whole process (all frameworks alike)")
 flags.DEFINE_float("learning_rate", 2e-3, "Adam step size")
@@ -174,7 +176,9 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
 
     state = [params, opt.init(params)]
     t0, c0 = time.perf_counter(), time.process_time()
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state).compile()
+    options = (None if cfg.get("opt_level") is None
+               else {"xla_backend_optimization_level": cfg["opt_level"]})
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state).compile(options)
     compile_s = (time.perf_counter() - t0, time.process_time() - c0)
 
     def step() -> float:
@@ -271,13 +275,15 @@ def main(argv):
     import jax
 
     cfg = dict(B=FLAGS.batch, T=FLAGS.length, H=FLAGS.hidden, V=FLAGS.vocab, E=FLAGS.embed,
-               input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll)
+               input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll,
+               opt_level=FLAGS.xla_opt_level)
     D = cfg["V"] if cfg["input"] == "onehot" else cfg["E"]
     tokens = cfg["B"] * cfg["T"]
     print(f"# lm_step: B={cfg['B']} T={cfg['T']} H={cfg['H']} V={cfg['V']} input={cfg['input']} "
           f"Adam; steps/round={FLAGS.steps} rounds={FLAGS.rounds}; rnnjax unroll {unroll}")
     print(f"# jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
-          f"{torch_info}; allocator: {allocator.current()}; --threads={FLAGS.threads}")
+          f"{torch_info}; allocator: {allocator.current()}; --threads={FLAGS.threads}; "
+          f"--xla_opt_level={FLAGS.xla_opt_level}")
     peak = matmul_rate(clock=time.process_time)
     peak_wall = matmul_rate()
     print(f"# float32 matmul rate (1024^3, best of JAX/torch): {peak:.0f} GFLOP per CPU-second, "
