@@ -11,6 +11,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from experiments import flags as common
+from experiments import lm_train  # noqa: F401  (defines the LM flags once, outside any flagsaver)
 
 FLAGS = flags.FLAGS
 

@@ -228,8 +228,9 @@ def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path
 
 
 def test_word_lm_experiment_with_its_defaults_learns_a_tiny_text(tmp_path):
-    """experiments.word_lm with its own defaults (tied embeddings, dropout, SGD at rate 20,
-    clipping, annealing on plateau, the allocator re-exec) on a tiny word-level file."""
+    """experiments.word_lm with its own defaults (tied embeddings, dropout, SGD with
+    clipping, annealing on plateau, the allocator re-exec) on a tiny word-level file; the
+    rate is lowered from PTB's 20, which is too large for a 16-unit model."""
     import json
     import os
     import sys
@@ -240,16 +241,16 @@ def test_word_lm_experiment_with_its_defaults_learns_a_tiny_text(tmp_path):
     workdir = tmp_path / "run"
     r = subprocess.run(
         [sys.executable, "-m", "experiments.word_lm", f"--data_path={data}", "--hidden=16",
-         "--embed_size=16", "--batch_size=4", "--steps=60", "--eval_every=20",
-         "--eval_tokens=200", "--eval_batch_size=2", "--checkpoint_every=20",
+         "--embed_size=16", "--batch_size=4", "--learning_rate=5", "--steps=200",
+         "--eval_every=40", "--eval_tokens=200", "--eval_batch_size=2", "--checkpoint_every=40",
          "--progress=false", f"--workdir={workdir}"],
         capture_output=True, text=True, cwd=repo, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     config = results["config"]
     assert config["optimizer"] == "sgd" and config["tie_embeddings"] and config["dropout"] > 0
-    assert results["steps"] == 60 and results["vocab_size"] == 13  # 12 words + <unk>
-    assert results["valid"]["perplexity"] < 4.0  # uniform over the vocabulary: 13
+    assert results["steps"] == 200 and results["vocab_size"] == 13  # 12 words + <unk>
+    assert results["valid"]["perplexity"] < 2.0  # uniform over the vocabulary: 13
 
 
 def test_hessian_free_trains_the_mrnn_on_a_tiny_repeating_text():
