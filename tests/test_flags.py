@@ -11,7 +11,6 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from experiments import flags as common
-from experiments import lm_train  # noqa: F401  (defines the LM flags once, outside any flagsaver)
 
 FLAGS = flags.FLAGS
 
@@ -90,8 +89,22 @@ def test_helpfull_documents_the_common_flags():
         assert f"--{name}" in proc.stdout or f"--[no]{name}" in proc.stdout, name
 
 
-def test_language_models_accept_hessian_free_but_not_with_dropout():
-    from experiments import lm_train
+@pytest.fixture
+def lm_train():
+    """experiments.lm_train with its flags defined inside this test's flagsaver: an earlier
+    test's flagsaver drops the flags defined within it while the module stays imported, so
+    re-run its definitions then. (Importing it at module level instead would define
+    --max_minutes with lm_train's default for every later test of the worker, e.g. the
+    long_memory ones, which define their own.)"""
+    import importlib
+
+    from experiments import lm_train as module
+    if "plateau_factor" not in FLAGS:
+        importlib.reload(module)
+    return module
+
+
+def test_language_models_accept_hessian_free_but_not_with_dropout(lm_train):
     FLAGS.optimizer = "hf"
     cfg = lm_train.validate()
     assert cfg["optimizer"] == "hf" and cfg["cg_iters"] == FLAGS.cg_iters
@@ -103,8 +116,7 @@ def test_language_models_accept_hessian_free_but_not_with_dropout():
         lm_train.validate()
 
 
-def test_language_models_check_the_plateau_factor():
-    from experiments import lm_train
+def test_language_models_check_the_plateau_factor(lm_train):
     FLAGS.plateau_factor = 0.25
     assert lm_train.validate()["plateau_factor"] == 0.25
     FLAGS.plateau_factor = 1.5
