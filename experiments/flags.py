@@ -33,8 +33,8 @@ FLAGS = flags.FLAGS
 
 COMMON_FLAGS = (
     "workdir", "seed", "steps", "batch_size", "optimizer", "learning_rate", "lr_schedule",
-    "warmup_steps", "decay_rate", "decay_steps", "decay_begin", "cell", "hidden", "clip_norm", "log_every", "checkpoint_every",
-    "keep_checkpoints", "max_bad_steps", "progress",
+    "warmup_steps", "decay_rate", "decay_steps", "decay_begin", "cell", "hidden", "clip_norm",
+    "log_every", "checkpoint_every", "keep_checkpoints", "max_bad_steps", "progress",
 )
 
 
@@ -67,8 +67,8 @@ def _define() -> None:
     define("float", "decay_rate", 0.5, "Factor per --decay_steps of --lr_schedule=exponential|step.")
     define("integer", "decay_steps", 0, "Steps per decay of --lr_schedule=exponential|step "
            "(0: a quarter of --steps).")
-    define("integer", "decay_begin", 0, "Steps at the peak rate before --lr_schedule="
-           "exponential|step starts decaying.")
+    define("integer", "decay_begin", 0, "Steps before --lr_schedule=exponential|step starts "
+           "counting (the step schedule's first drop is at decay_begin + decay_steps).")
     define("string", "cell", "tanh", "Recurrent cell, one of: " + ", ".join(cells.CELL_NAMES) + ".")
     define("integer", "hidden", 32, "Hidden units per layer (a positive integer).")
     define("float", "clip_norm", None, "Clip gradients to this global norm (Pascanu et al. "

@@ -283,10 +283,9 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
     state, history = train.run(workdir, state, step_fn, streams.segment, jit=False,
                                eval_fn=eval_fn if cfg["eval_every"] else None,
                                eval_every=cfg["eval_every"] or None, stop_fn=out_of_time,
-                               after_eval=optimizers.anneal_on_plateau(
+                               after_eval=optimizers.anneal_on_plateau(  # factor 1: no-op
                                    "eval_valid_nats", cfg["plateau_factor"],
-                                   min_improvement=cfg["plateau_threshold"])
-                               if cfg["plateau_factor"] < 1 else None,
+                                   min_improvement=cfg["plateau_threshold"]),
                                **common.loop_kwargs())
     stopped_early = int(state.step) < cfg["steps"]
     if stopped_early:

@@ -40,8 +40,9 @@ def schedule_shape(
     linearly over ``warmup_steps``, then cosine to end_fraction at ``steps``.
     exponential: decay_rate ** (t / decay_steps), smooth. step: the same with
     ``t // decay_steps`` (staircase). Both hold 1 for the first ``decay_begin`` steps
-    and count t from there (Zaremba et al. 2014: lr 1 for 4 epochs, then halved
-    every epoch, is ``step`` with decay_begin = 4 epochs, decay_steps = 1 epoch).
+    and count t from there, so the staircase's first drop comes at decay_begin +
+    decay_steps (Zaremba et al. 2014: lr 1 for 4 epochs, then halved every epoch, is
+    ``step`` with decay_begin = 3 epochs, decay_steps = 1 epoch, decay_rate = 0.5).
     """
     if schedule == "constant":
         return optax.constant_schedule(1.0)
