@@ -251,6 +251,9 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--unroll must look like tanh:8,lstm:1, got {FLAGS.unroll}")
 
+    if FLAGS.xla_opt_level is not None and FLAGS.xla_opt_level not in (0, 1, 2, 3):
+        raise app.UsageError(f"--xla_opt_level={FLAGS.xla_opt_level} is invalid: expected 0, 1, "
+                             "2 or 3 (or leave it unset)")
     if FLAGS.threads < 0:
         raise app.UsageError(f"--threads must be >= 0, got {FLAGS.threads}")
     if FLAGS.threads:  # read when XLA's CPU backend starts, i.e. before the first jax op
