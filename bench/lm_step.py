@@ -19,6 +19,9 @@ The process re-executes itself under one allocator (``--allocator``, default
 mimalloc from the ``cmeel-mimalloc`` wheel when installed), the same for all
 frameworks. ``matmul %`` is the model's matmul FLOPs per second as a fraction of
 a large float32 matmul's rate measured in the same run (the best of JAX and torch).
+On a GPU, JAX runs on it and the torch column on CUDA (cuDNN's RNN kernels); the
+matmul rate is then an 8192^3 product at each framework's default float32
+precision, and ``matmul %`` uses wall-clock time.
 
     python -m bench.lm_step                          # all cells, all frameworks
     python -m bench.lm_step --cells=lstm --rounds=9 --input=embedding
@@ -79,7 +82,8 @@ def model_flops(cell: str, B: int, T: int, H: int, V: int, D: int) -> float:
     return float(recurrent + projection + readout)
 
 
-def matmul_rate(n: int = 1024, repeats: int = 5, clock=time.perf_counter) -> float:
+def matmul_rate(n: int = 1024, repeats: int = 5, clock=time.perf_counter,
+                torch_device: str = "cpu") -> float:
     """The best float32 GFLOP/s of an n x n x n matmul, in JAX and in torch, by ``clock``."""
     import jax
     import jax.numpy as jnp
@@ -95,11 +99,14 @@ def matmul_rate(n: int = 1024, repeats: int = 5, clock=time.perf_counter) -> flo
         best = max(best, 2 * n ** 3 / (clock() - t) / 1e9)
     try:
         import torch
-        x = torch.randn(n, n)
+        x = torch.randn(n, n, device=torch_device)
+        sync = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
         x @ x
+        sync()
         for _ in range(repeats):
             t = clock()
             x @ x
+            sync()
             best = max(best, 2 * n ** 3 / (clock() - t) / 1e9)
     except ImportError:
         pass
@@ -194,8 +201,9 @@ def build_torch(cell_name: str, cfg: dict):
     B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
     onehot = cfg["input"] == "onehot"
     torch.manual_seed(0)
+    device = cfg["torch_device"]
     x_np, y_np = _data(B, T, V)
-    x, y = torch.as_tensor(x_np), torch.as_tensor(y_np)
+    x, y = torch.as_tensor(x_np, device=device), torch.as_tensor(y_np, device=device)
     rnn_cls = {"tanh": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell_name]
 
     class LM(torch.nn.Module):
@@ -211,7 +219,7 @@ def build_torch(cell_name: str, cfg: dict):
             hs, _ = self.rnn(xs)
             return self.readout(hs)
 
-    model = LM()
+    model = LM().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def step() -> float:
@@ -260,13 +268,25 @@ def main(argv):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_cpu_multi_thread_eigen={FLAGS.threads > 1}"
                                    f" intra_op_parallelism_threads={FLAGS.threads}")
+    import flax
+    import jax
+
+    # On an accelerator both sides run there: JAX on its default backend, torch on CUDA.
+    on_cpu = jax.default_backend() == "cpu"
+    torch_device = "cpu"
     frameworks = list(FLAGS.frameworks)
     if "torch" in frameworks:
         try:
             import torch
             if FLAGS.threads:
                 torch.set_num_threads(FLAGS.threads)
-            torch_info = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+            if not on_cpu:
+                if not torch.cuda.is_available():
+                    raise app.UsageError(f"JAX runs on {jax.default_backend()} but torch sees no "
+                                         "CUDA device; leave torch out of --frameworks")
+                torch_device = "cuda"
+            torch_info = (f"torch {torch.__version__} ({torch.get_num_threads()} threads, "
+                          f"{torch_device})")
         except ImportError:
             print("torch is not installed (pip install '.[bench]'); skipping the torch column",
                   file=sys.stderr)
@@ -274,12 +294,10 @@ def main(argv):
             torch_info = "torch missing"
     else:
         torch_info = "torch not run"
-    import flax
-    import jax
 
     cfg = dict(B=FLAGS.batch, T=FLAGS.length, H=FLAGS.hidden, V=FLAGS.vocab, E=FLAGS.embed,
                input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll,
-               opt_level=FLAGS.xla_opt_level)
+               opt_level=FLAGS.xla_opt_level, torch_device=torch_device)
     D = cfg["V"] if cfg["input"] == "onehot" else cfg["E"]
     tokens = cfg["B"] * cfg["T"]
     print(f"# lm_step: B={cfg['B']} T={cfg['T']} H={cfg['H']} V={cfg['V']} input={cfg['input']} "
@@ -287,10 +305,15 @@ def main(argv):
     print(f"# jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
           f"{torch_info}; allocator: {allocator.current()}; --threads={FLAGS.threads}; "
           f"--xla_opt_level={FLAGS.xla_opt_level}")
-    peak = matmul_rate(clock=time.process_time)
-    peak_wall = matmul_rate()
-    print(f"# float32 matmul rate (1024^3, best of JAX/torch): {peak:.0f} GFLOP per CPU-second, "
-          f"{peak_wall:.0f} GFLOP/s wall")
+    if on_cpu:
+        peak = matmul_rate(clock=time.process_time)
+        peak_wall = matmul_rate()
+        print(f"# float32 matmul rate (1024^3, best of JAX/torch): {peak:.0f} GFLOP per "
+              f"CPU-second, {peak_wall:.0f} GFLOP/s wall")
+    else:  # host CPU time says nothing about an accelerator: wall clock, a large matmul
+        peak = matmul_rate(n=8192, torch_device=torch_device)
+        print(f"# float32 matmul rate on {jax.devices()[0].device_kind} (8192^3, default "
+              f"precision, best of JAX/torch): {peak:.0f} GFLOP/s wall")
 
     models = {}
     for cell in FLAGS.cells:
@@ -314,7 +337,7 @@ def main(argv):
           "on a shared machine when --threads=1). Ratios are per round, medians (range).")
     print()
     print("| cell | framework | tokens/cpu-s | range | vs torch (cpu) | tokens/s (wall) | range "
-          "| vs torch (wall) | compile s (wall / cpu) | matmul % (cpu) |")
+          f"| vs torch (wall) | compile s (wall / cpu) | matmul % ({'cpu' if on_cpu else 'wall'}) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
 
     def ratio(ref, ts):
@@ -333,7 +356,7 @@ def main(argv):
                 cols += [f"{statistics.median(rates) / 1e3:.1f}k",
                          f"{min(rates) / 1e3:.1f}k-{max(rates) / 1e3:.1f}k",
                          ratio([t[1 - i] for t in ref], ts) if ref else "-"]
-            util = flops / statistics.median(cpu) / 1e9 / peak
+            util = flops / statistics.median(cpu if on_cpu else wall) / 1e9 / peak
             c_wall, c_cpu = models[(cell, fw)][0]
             print(f"| {cell} | {fw} | " + " | ".join(cols) +
                   f" | {c_wall:.2f} / {c_cpu:.2f} | {100 * util:.0f}% |")
