@@ -12,6 +12,13 @@ Columns:
   rnnjax_scan  rnnjax's generic lax.scan (cells.X(..., fused=False)), jax.grad through it.
   rnnjax       rnnjax's default cells (rnnjax.fused, custom-JVP mode: all autodiff works).
   rnnjax_vjp   cells.X(..., fused="vjp"): the custom-VJP mode (reverse mode only).
+  rnnjax_dp    rnnjax's default cells, data-parallel (rnnjax.parallel): the batch split
+               over all JAX devices, the gradients all-reduced. On a CPU, --cpu_devices=N
+               makes N CPU devices, one per core, instead of one device whose matmuls
+               use the cores together.
+  torch_dp_ideal  PyTorch with one thread on a batch of B/N (N = --cpu_devices): the step
+               time of one of N data-parallel replicas alone, so a lower bound on the step
+               time of PyTorch's own N-way data parallelism (no all-reduce, no sharing).
 
 All models run in one process, interleaved round by round so that a busy
 machine slows them alike; the table gives medians and the range over rounds.
@@ -25,6 +32,10 @@ precision, and ``matmul %`` uses wall-clock time.
 
     python -m bench.lm_step                          # all cells, all frameworks
     python -m bench.lm_step --cells=lstm --rounds=9 --input=embedding
+    python -m bench.lm_step --cpu_devices=2 --frameworks=torch,torch_dp_ideal,rnnjax_dp
+
+Run the data-parallel columns on their own: with several CPU devices the one-device
+JAX columns are slower than in a run without --cpu_devices.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ from absl import app, flags
 
 from rnnjax import allocator
 
-FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp")
+FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp", "rnnjax_dp",
+              "torch_dp_ideal")
 CELLS = ("tanh", "lstm", "gru")
 GATES = {"tanh": 1, "lstm": 4, "gru": 3}
 
@@ -62,6 +74,9 @@ flags.DEFINE_integer("xla_opt_level", None, "compile the JAX models with compile
                      "{'xla_backend_optimization_level': N} (LLVM level; unset: XLA's default)")
 flags.DEFINE_enum("allocator", "auto", list(allocator.ALLOCATORS),
                   "allocator for the whole process (all frameworks alike)")
+flags.DEFINE_integer("cpu_devices", 1, "on a CPU, split it into this many JAX devices "
+                     "(--xla_force_host_platform_device_count), for the rnnjax_dp and "
+                     "torch_dp_ideal columns; typically the number of cores")
 flags.DEFINE_float("learning_rate", 2e-3, "Adam step size")
 flags.DEFINE_integer("threads", 0,
                      "threads per framework (torch.set_num_threads and XLA's CPU thread pool); "
@@ -152,12 +167,13 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
         model = LM()
         params = model.init(key, x)["params"]
 
-        def loss_fn(p):
+        def loss_fn(p, x, y):
             logits = model.apply({"params": p}, x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     else:
         from rnnjax import cells, recurrence
-        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp"}[framework]
+        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp",
+                 "rnnjax_dp": True}[framework]
         cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
                 "lstm": lambda: cells.lstm(H, fused=fused),
                 "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()
@@ -170,32 +186,41 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
         if not onehot:
             params["embed"] = jax.random.normal(k3, (V, E))
 
-        def loss_fn(p):
+        def loss_fn(p, x, y):
             xs = jax.nn.one_hot(x, V) if onehot else p["embed"][x]
             _, hs = recurrence.unroll(cell, p["rnn"], xs, unroll=unroll)
             logits = hs @ p["W_hy"] + p["b_y"]
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def train_step(p, s):
-        loss, g = jax.value_and_grad(loss_fn)(p)
+    def train_step(p, s, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
         updates, s = opt.update(g, s, p)
         return optax.apply_updates(p, updates), s, loss
 
     state = [params, opt.init(params)]
+    jit_kwargs = {}
+    if framework == "rnnjax_dp":  # state replicated, tokens [T, B] split along B
+        from rnnjax import parallel
+        mesh = parallel.data_mesh()
+        state = parallel.replicate(state, mesh)
+        x, y = parallel.shard_batch((x, y), mesh, batch_axis=1)
+        jit_kwargs["out_shardings"] = parallel.replicated(mesh)
     t0, c0 = time.perf_counter(), time.process_time()
     options = (None if cfg.get("opt_level") is None
                else {"xla_backend_optimization_level": cfg["opt_level"]})
-    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(*state).compile(options)
+    compiled = (jax.jit(train_step, donate_argnums=(0, 1), **jit_kwargs)
+                .lower(*state, x, y).compile(options))
     compile_s = (time.perf_counter() - t0, time.process_time() - c0)
 
     def step() -> float:
-        state[0], state[1], loss = compiled(*state)
+        state[0], state[1], loss = compiled(*state, x, y)
         return float(loss)
 
     return compile_s, step
 
 
-def build_torch(cell_name: str, cfg: dict):
+def build_torch(cell_name: str, cfg: dict, threads: int | None = None):
+    """PyTorch's model; with ``threads``, each step runs on that many threads."""
     import torch
 
     B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
@@ -223,12 +248,18 @@ def build_torch(cell_name: str, cfg: dict):
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
     def step() -> float:
-        opt.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-        loss.backward()
-        opt.step()
-        return loss.item()
+        saved = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+            loss.backward()
+            opt.step()
+            return loss.item()
+        finally:
+            torch.set_num_threads(saved)
 
     t0, c0 = time.perf_counter(), time.process_time()
     step()  # eager: the first step is the nearest thing to a compile
@@ -264,6 +295,11 @@ def main(argv):
                              "2 or 3 (or leave it unset)")
     if FLAGS.threads < 0:
         raise app.UsageError(f"--threads must be >= 0, got {FLAGS.threads}")
+    if FLAGS.cpu_devices < 1:
+        raise app.UsageError(f"--cpu_devices must be >= 1, got {FLAGS.cpu_devices}")
+    if FLAGS.cpu_devices > 1:  # read when XLA's CPU backend starts
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={FLAGS.cpu_devices}")
     if FLAGS.threads:  # read when XLA's CPU backend starts, i.e. before the first jax op
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_cpu_multi_thread_eigen={FLAGS.threads > 1}"
@@ -275,7 +311,16 @@ def main(argv):
     on_cpu = jax.default_backend() == "cpu"
     torch_device = "cpu"
     frameworks = list(FLAGS.frameworks)
-    if "torch" in frameworks:
+    n_dp = jax.device_count()  # replicas of the data-parallel columns
+    if "rnnjax_dp" in frameworks and n_dp == 1:
+        raise app.UsageError("--frameworks=rnnjax_dp needs several JAX devices; on a CPU pass "
+                             "--cpu_devices=N (N = its cores)")
+    if "torch_dp_ideal" in frameworks and (n_dp == 1 or not on_cpu):
+        raise app.UsageError("--frameworks=torch_dp_ideal needs --cpu_devices=N > 1 on a CPU")
+    if any(f in frameworks for f in ("rnnjax_dp", "torch_dp_ideal")) and FLAGS.batch % n_dp:
+        raise app.UsageError(f"--batch={FLAGS.batch} does not split over {n_dp} devices; use a "
+                             f"multiple of {n_dp}")
+    if any(f.startswith("torch") for f in frameworks):
         try:
             import torch
             if FLAGS.threads:
@@ -290,7 +335,7 @@ def main(argv):
         except ImportError:
             print("torch is not installed (pip install '.[bench]'); skipping the torch column",
                   file=sys.stderr)
-            frameworks.remove("torch")
+            frameworks = [f for f in frameworks if not f.startswith("torch")]
             torch_info = "torch missing"
     else:
         torch_info = "torch not run"
@@ -304,7 +349,7 @@ def main(argv):
           f"Adam; steps/round={FLAGS.steps} rounds={FLAGS.rounds}; rnnjax unroll {unroll}")
     print(f"# jax {jax.__version__} ({jax.default_backend()}), flax {flax.__version__}, "
           f"{torch_info}; allocator: {allocator.current()}; --threads={FLAGS.threads}; "
-          f"--xla_opt_level={FLAGS.xla_opt_level}")
+          f"--xla_opt_level={FLAGS.xla_opt_level}; JAX devices: {jax.device_count()}")
     if on_cpu:
         peak = matmul_rate(clock=time.process_time)
         peak_wall = matmul_rate()
@@ -318,8 +363,12 @@ def main(argv):
     models = {}
     for cell in FLAGS.cells:
         for fw in frameworks:
-            compile_s, step = (build_torch(cell, cfg) if fw == "torch"
-                               else build_jax(fw, cell, cfg))
+            if fw == "torch":
+                compile_s, step = build_torch(cell, cfg)
+            elif fw == "torch_dp_ideal":  # one replica: B / n_dp sequences on one thread
+                compile_s, step = build_torch(cell, dict(cfg, B=cfg["B"] // n_dp), threads=1)
+            else:
+                compile_s, step = build_jax(fw, cell, cfg)
             for _ in range(FLAGS.warmup):
                 step()
             models[(cell, fw)] = (compile_s, step)
@@ -329,7 +378,9 @@ def main(argv):
     times = {k: [] for k in models}
     for r in range(FLAGS.rounds):
         for k, (_, step) in models.items():
-            times[k].append(_time(step, FLAGS.steps))
+            wall, cpu = _time(step, FLAGS.steps)
+            # the ideal replica stands for n_dp of them: the CPU time of all n_dp
+            times[k].append((wall, cpu * n_dp if k[1] == "torch_dp_ideal" else cpu))
         print(f"# round {r + 1}/{FLAGS.rounds} done", flush=True)
 
     print()
