@@ -98,7 +98,9 @@ def lm_train():
     long_memory ones, which define their own.)"""
     import importlib
 
-    from experiments import lm_train as module
+    from experiments import hf_flags, lm_train as module
+    if "cg_iters" not in FLAGS:  # lm_train imports these; a reload of it alone would not
+        importlib.reload(hf_flags)
     if "plateau_factor" not in FLAGS:
         importlib.reload(module)
     return module
