@@ -167,3 +167,20 @@ def loop_kwargs() -> dict[str, Any]:
 def save_config(workdir: str, config: dict[str, Any]) -> None:
     """Write the run's config as ``workdir/config.json`` (a side file)."""
     checkpoint.save_json(workdir, "config", config)
+
+
+def device_summary() -> str:
+    """What runs the computation, for logs and results: backend, devices, matmul precision.
+
+    E.g. ``"gpu: 1 x NVIDIA H200, float32 matmul precision default (TF32 on NVIDIA GPUs)"``:
+    a number read on a GPU at JAX's default precision is a TF32 number
+    (``JAX_DEFAULT_MATMUL_PRECISION=highest`` gives full float32).
+    """
+    import jax
+
+    devices = jax.devices()
+    backend = jax.default_backend()
+    precision = jax.config.jax_default_matmul_precision or "default"
+    note = " (TF32 on NVIDIA GPUs)" if backend == "gpu" and precision == "default" else ""
+    return (f"{backend}: {len(devices)} x {devices[0].device_kind}, "
+            f"float32 matmul precision {precision}{note}")

@@ -257,7 +257,8 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
 
     state = make_template(model, cfg)
     print(f"model: {cfg['layers']} x {cfg['cell']} (hidden {cfg['hidden']}), "
-          f"{lm.count_params(state.params):,} parameters", flush=True)
+          f"{lm.count_params(state.params):,} parameters; device {common.device_summary()}",
+          flush=True)
     step_fn = make_step(model, cfg, state.extra)
     budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
     t_train = time.time()
@@ -306,6 +307,8 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         "tokens_seen": steps_done * cfg["batch_size"] * cfg["seq_len"],
         "epochs": steps_done / streams.segments_per_epoch,
         "train_seconds": train_seconds, "total_seconds": time.time() - t0,
+        "steps_per_second": steps_done / max(train_seconds, 1e-9),
+        "device": common.device_summary(),
         "stopped_by_time": stopped_early, "last_train_loss": last_loss,
         "valid": valid, "test": test, "config": cfg,
     }
@@ -316,7 +319,8 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         print(f"\n=== sample (temperature {FLAGS.temperature}) ===\n{s}\n===")
         results["sample"] = s
     print(f"trained {steps_done} steps ({results['epochs']:.2f} epochs, "
-          f"{results['tokens_seen']:,} {tokens}) in {train_seconds / 60:.1f} min")
+          f"{results['tokens_seen']:,} {tokens}) in {train_seconds / 60:.1f} min, "
+          f"{results['steps_per_second']:.1f} steps/s, evaluations included")
     print(f"validation: {_summary(valid, level)}")
     if test is not None:
         print(f"test:       {_summary(test, level)}")

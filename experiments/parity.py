@@ -364,7 +364,7 @@ def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str]
     test_lengths = [length] + [length * f for f in cfg["length_factors"]]
     eval_key = jax.random.fold_in(jax.random.key(cfg["seed"]), 0xE7A1)  # held out: other stream
     results: dict[str, Any] = {"train_length": length, "test_lengths": test_lengths,
-                               "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})"}
+                               "device": common.device_summary()}
 
     models = cfg.get("models", MODELS)
     lecture_params = None

@@ -214,6 +214,9 @@ def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path
     assert "validation:" in r.stdout and "bits/char" in r.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert results["steps"] == 30 and results["valid"]["bits"] > 0
+    # the run says what it ran on (the subprocess sees the same backend as this one)
+    assert results["device"].startswith(f"{jax.default_backend()}: ")
+    assert results["steps_per_second"] > 0
     vocab = text.Vocabulary.load(str(workdir / "vocab.json"))
     assert set(vocab.tokens[1:]) == set(data.read_text(encoding="utf-8"))
     r = _run_char_lm("--sample_only", "--prime=ROMEO:", "--sample_length=30", *common,
