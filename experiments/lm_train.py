@@ -32,7 +32,7 @@ from absl import app, flags, logging
 
 from experiments import flags as common
 from experiments import hf_flags
-from rnnjax import allocator, checkpoint, losses, optimizers, train
+from rnnjax import allocator, checkpoint, losses, optimizers, parallel, train
 from rnnjax.data import text
 from rnnjax.models import lm
 from rnnjax.optim import hessian_free
@@ -55,6 +55,9 @@ common.define("bool", "tie_embeddings", False, "Readout weights = embedding tran
                   "(needs --embed_size equal to --hidden).")
 common.define("integer", "factors", None, "MRNN factors F (default: --hidden).")
 common.define("integer", "unroll", 1, "Time steps per lax.scan iteration (speed knob).")
+common.define("bool", "data_parallel", False, "Split every batch and the carried state over "
+              "all local devices (GPUs, TPU cores, or the CPU devices that XLA_FLAGS="
+              "--xla_force_host_platform_device_count=N makes); --batch_size must divide.")
 common.define("bool", "fused", True, "Hand-written BPTT (rnnjax.fused) for tanh/LSTM/GRU cells.")
 common.define("float", "max_minutes", None, "Stop training after this many minutes (then "
                    "checkpoint, evaluate, sample). Unset: run all --steps.")
@@ -125,10 +128,20 @@ def validate() -> dict[str, Any]:
                              "positive number of minutes")
     if FLAGS.data_path is None:
         common.check_choice("corpus", FLAGS.corpus, text.CORPORA)
+    if FLAGS.data_parallel:
+        if FLAGS.optimizer == "hf":
+            raise app.UsageError("--data_parallel is for the optax optimizers, not "
+                                 "--optimizer=hf")
+        if FLAGS.batch_size % jax.device_count():
+            raise app.UsageError(
+                f"--batch_size={FLAGS.batch_size} does not split over the "
+                f"{jax.device_count()} devices of --data_parallel; use a multiple of "
+                f"{jax.device_count()}")
     cfg.update({name: FLAGS[name].value for name in (
         "corpus", "data_path", "level", "max_vocab", "seq_len", "layers", "embed_size",
         "dropout", "tie_embeddings", "factors", "unroll", "fused", "max_minutes",
-        "plateau_factor", "plateau_threshold", "eval_every", "eval_tokens", "eval_batch_size")})
+        "plateau_factor", "plateau_threshold", "eval_every", "eval_tokens", "eval_batch_size",
+        "data_parallel")})
     try:
         model_from_config(cfg, vocab_size=2).validate()
     except ValueError as e:
@@ -222,14 +235,22 @@ def make_template(model: lm.LanguageModel, cfg: dict[str, Any]) -> train.TrainSt
     return train.init_state(params, common.make_optimizer(), seed=cfg["seed"], extra=carry)
 
 
-def make_step(model: lm.LanguageModel, cfg: dict[str, Any], carry: lm.Carry):
-    """The jitted training step: truncated BPTT with the optax optimizer of the flags, or
-    one Hessian-free update per segment (``--optimizer=hf``)."""
+def make_step(model: lm.LanguageModel, cfg: dict[str, Any], state: train.TrainState):
+    """The jitted training step and the state placed for it: truncated BPTT with the optax
+    optimizer of the flags, or one Hessian-free update per segment (``--optimizer=hf``);
+    with ``--data_parallel``, the batch [T, B] and the carry [B, H] split over all devices
+    along B, everything else replicated."""
     if cfg["optimizer"] == "hf":
-        return jax.jit(lm.hf_tbptt_step(model, make_hf(model, carry),
-                                        curvature_batch_size=cfg["curvature_batch_size"]))
-    return jax.jit(train.make_train_step(lm.tbptt_loss(model), common.make_optimizer(),
-                                         clip_norm=cfg["clip_norm"], uses_extra=True))
+        return jax.jit(lm.hf_tbptt_step(model, make_hf(model, state.extra),
+                                        curvature_batch_size=cfg["curvature_batch_size"])), state
+    step_fn = train.make_train_step(lm.tbptt_loss(model), common.make_optimizer(),
+                                    clip_norm=cfg["clip_norm"], uses_extra=True)
+    if not cfg.get("data_parallel"):
+        return jax.jit(step_fn), state
+    mesh = parallel.data_mesh()
+    shardings = parallel.train_state_shardings(state, mesh)
+    return (parallel.data_parallel_step(step_fn, mesh, batch_axis=1, state_shardings=shardings),
+            jax.device_put(state, shardings))
 
 
 # ----------------------------------------------------------------------------- training
@@ -259,7 +280,7 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
     print(f"model: {cfg['layers']} x {cfg['cell']} (hidden {cfg['hidden']}), "
           f"{lm.count_params(state.params):,} parameters; device {common.device_summary()}",
           flush=True)
-    step_fn = make_step(model, cfg, state.extra)
+    step_fn, state = make_step(model, cfg, state)
     budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
     t_train = time.time()
 

@@ -76,17 +76,34 @@ def shard_batch(batch: PyTree, mesh: Mesh, batch_axis: int = 0) -> PyTree:
     return jax.device_put(batch, batch_sharding(batch, mesh, batch_axis))
 
 
+def train_state_shardings(state: PyTree, mesh: Mesh, extra_batch_axis: int = 0) -> PyTree:
+    """Shardings for a :class:`rnnjax.train.TrainState`: everything replicated except
+    ``state.extra``, the per-sequence state carried across steps (a truncated-BPTT carry,
+    ``[B, H]`` leaves), which is split along ``extra_batch_axis`` like the batch.
+
+    Raises ValueError (from :func:`batch_sharding`) if a carry's batch size does not
+    divide over the mesh.
+    """
+    rep = replicated(mesh)
+    shardings = jax.tree.map(lambda _: rep, state._replace(extra=None))
+    return shardings._replace(extra=batch_sharding(state.extra, mesh, extra_batch_axis))
+
+
 def data_parallel_step(step_fn: Callable[[PyTree, Any], tuple[PyTree, Any]], mesh: Mesh,
-                       batch_axis: int = 0) -> Callable[[PyTree, Any], tuple[PyTree, Any]]:
+                       batch_axis: int = 0, state_shardings: PyTree | None = None
+                       ) -> Callable[[PyTree, Any], tuple[PyTree, Any]]:
     """Jit ``step_fn(state, batch)`` with the batch split over ``mesh``.
 
     The returned function shards each incoming batch (host or device arrays),
     keeps the state and the metrics replicated, and is already jitted (pass
     ``jit=False`` to :func:`rnnjax.train.run`, or leave it: jitting it again is
-    harmless).
+    harmless). ``state_shardings`` (e.g. from :func:`train_state_shardings`, with the
+    state placed by ``jax.device_put(state, state_shardings)``) keeps a carried
+    per-sequence state split with the batch instead of replicated.
     """
     rep = replicated(mesh)
-    jitted = jax.jit(step_fn, out_shardings=(rep, rep))
+    jitted = jax.jit(step_fn, out_shardings=(rep if state_shardings is None
+                                             else state_shardings, rep))
 
     def step(state: PyTree, batch: Any) -> tuple[PyTree, Any]:
         return jitted(state, shard_batch(batch, mesh, batch_axis))

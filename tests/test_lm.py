@@ -189,11 +189,47 @@ def test_learns_a_tiny_repeating_text_and_samples_it_back():
     assert losses.bits_per_character(0.0) == 0.0
 
 
-def _run_char_lm(*args, cwd):
+def _run_char_lm(*args, cwd, env=None):
     import subprocess
     import sys
     return subprocess.run([sys.executable, "-m", "experiments.char_lm", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+                          capture_output=True, text=True, cwd=cwd, timeout=600, env=env)
+
+
+def test_char_lm_data_parallel_equals_one_device(tmp_path):
+    """--data_parallel over two CPU devices (batch and carried state split along B) gives
+    the losses of the one-device run, to float32 summation order, also after resuming
+    from its checkpoint; a batch that does not split is refused, naming the flag."""
+    import json
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    data = tmp_path / "tiny.txt"
+    data.write_text("ROMEO:\nO, she doth teach the torches to burn bright!\n\n" * 30,
+                    encoding="utf-8")
+    common = [f"--data_path={data}", "--hidden=16", "--batch_size=4", "--seq_len=16",
+              "--eval_every=0", "--checkpoint_every=10", "--log_every=5", "--eval_tokens=200",
+              "--eval_batch_size=2", "--progress=false", "--eval_test=false"]
+
+    def losses_of(workdir):
+        return [r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
+                                       .splitlines()) if "loss" in r]
+
+    runs = {}
+    for name, flags, commands in (("one", [], (20,)),
+                                  ("dp", ["--data_parallel"], (10, 20))):  # 20 resumes at 10
+        workdir = tmp_path / name
+        for steps in commands:
+            r = _run_char_lm(*common, *flags, f"--steps={steps}", f"--workdir={workdir}",
+                             cwd=repo, env=env)
+            assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = losses_of(workdir)
+    assert len(runs["dp"]) == 4 and runs["dp"][-1] < runs["dp"][0]
+    np.testing.assert_allclose(runs["dp"], runs["one"], rtol=1e-5)
+    r = _run_char_lm(*common, "--data_parallel", "--batch_size=5", f"--workdir={tmp_path / 'x'}",
+                     cwd=repo, env=env)
+    assert r.returncode != 0 and "--batch_size=5 does not split over the 2 devices" in r.stderr
 
 
 def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path):

@@ -131,6 +131,10 @@ SHARDED_SCRIPT = textwrap.dedent("""
     for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)):
         # Adam divides by sqrt(v): summation-order noise (1e-7) in tiny gradients shows as ~1e-6.
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    carried = train.init_state(params, opt, seed=0, extra=jnp.zeros((32, 8)))  # a [B, H] carry
+    placed = jax.device_put(carried, parallel.train_state_shardings(carried, mesh))
+    assert placed.extra.addressable_shards[0].data.shape == (8, 8)  # split with the batch
+    assert placed.params["W"].addressable_shards[0].data.shape == (8, 2)  # replicated
     try:
         parallel.shard_batch(task.generate(jax.random.key(0), 6, 10), mesh, batch_axis=1)
         raise AssertionError("a batch of 6 over 4 devices should be refused")
