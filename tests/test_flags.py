@@ -118,6 +118,14 @@ def test_language_models_accept_hessian_free_but_not_with_dropout(lm_train):
         lm_train.validate()
 
 
+def test_language_models_data_parallel_is_for_optax_optimizers(lm_train):
+    FLAGS.data_parallel = True
+    assert lm_train.validate()["data_parallel"] is True  # one CPU device: any batch splits
+    FLAGS.optimizer = "hf"
+    with pytest.raises(app.UsageError, match="--data_parallel is for the optax optimizers"):
+        lm_train.validate()
+
+
 def test_language_models_check_the_plateau_factor(lm_train):
     FLAGS.plateau_factor = 0.25
     assert lm_train.validate()["plateau_factor"] == 0.25
