@@ -247,17 +247,23 @@ def build_torch(cell_name: str, cfg: dict, threads: int | None = None):
     model = LM().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
 
+    def train_step() -> float:
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.item()
+
     def step() -> float:
+        # Only a column that asks for its own thread count touches it: set_num_threads
+        # also clears oneDNN's primitive cache, which the plain column must keep.
+        if not threads:
+            return train_step()
         saved = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         try:
-            opt.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
-            loss.backward()
-            opt.step()
-            return loss.item()
+            return train_step()
         finally:
             torch.set_num_threads(saved)
 
@@ -297,13 +303,15 @@ def main(argv):
         raise app.UsageError(f"--threads must be >= 0, got {FLAGS.threads}")
     if FLAGS.cpu_devices < 1:
         raise app.UsageError(f"--cpu_devices must be >= 1, got {FLAGS.cpu_devices}")
-    if FLAGS.cpu_devices > 1:  # read when XLA's CPU backend starts
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={FLAGS.cpu_devices}")
-    if FLAGS.threads:  # read when XLA's CPU backend starts, i.e. before the first jax op
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_cpu_multi_thread_eigen={FLAGS.threads > 1}"
-                                   f" intra_op_parallelism_threads={FLAGS.threads}")
+    # XLA_FLAGS is read when XLA's CPU backend starts, i.e. before the first jax op.
+    xla_flags = []
+    if FLAGS.cpu_devices > 1:
+        xla_flags.append(f"--xla_force_host_platform_device_count={FLAGS.cpu_devices}")
+    if FLAGS.threads:
+        xla_flags += [f"--xla_cpu_multi_thread_eigen={FLAGS.threads > 1}",
+                      f"intra_op_parallelism_threads={FLAGS.threads}"]
+    if xla_flags:
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + xla_flags)
     import flax
     import jax
 
