@@ -132,11 +132,10 @@ def validate() -> dict[str, Any]:
         if FLAGS.optimizer == "hf":
             raise app.UsageError("--data_parallel is for the optax optimizers, not "
                                  "--optimizer=hf")
-        if FLAGS.batch_size % jax.device_count():
-            raise app.UsageError(
-                f"--batch_size={FLAGS.batch_size} does not split over the "
-                f"{jax.device_count()} devices of --data_parallel; use a multiple of "
-                f"{jax.device_count()}")
+        n = jax.device_count()
+        if FLAGS.batch_size % n:
+            raise app.UsageError(f"--batch_size={FLAGS.batch_size} does not split over the {n} "
+                                 f"devices of --data_parallel; use a multiple of {n}")
     cfg.update({name: FLAGS[name].value for name in (
         "corpus", "data_path", "level", "max_vocab", "seq_len", "layers", "embed_size",
         "dropout", "tie_embeddings", "factors", "unroll", "fused", "max_minutes",
@@ -277,9 +276,9 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         common.save_config(workdir, cfg)
 
     state = make_template(model, cfg)
+    device = common.device_summary()
     print(f"model: {cfg['layers']} x {cfg['cell']} (hidden {cfg['hidden']}), "
-          f"{lm.count_params(state.params):,} parameters; device {common.device_summary()}",
-          flush=True)
+          f"{lm.count_params(state.params):,} parameters; device {device}", flush=True)
     step_fn, state = make_step(model, cfg, state)
     budget = None if cfg["max_minutes"] is None else 60.0 * cfg["max_minutes"]
     t_train = time.time()
@@ -329,7 +328,7 @@ def train_and_evaluate(cfg: dict[str, Any], workdir: str | None, *,
         "epochs": steps_done / streams.segments_per_epoch,
         "train_seconds": train_seconds, "total_seconds": time.time() - t0,
         "steps_per_second": steps_done / max(train_seconds, 1e-9),
-        "device": common.device_summary(),
+        "device": device,
         "stopped_by_time": stopped_early, "last_train_loss": last_loss,
         "valid": valid, "test": test, "config": cfg,
     }
