@@ -88,9 +88,27 @@ def _previous(first: jax.Array, seq: jax.Array) -> jax.Array:
 
 
 def _weight_grad(h_prev: jax.Array, dz: jax.Array) -> jax.Array:
-    """sum_t h_prev[t]^T dz[t] as one [H, T*B] x [T*B, G] matmul."""
-    H, G = h_prev.shape[-1], dz.shape[-1]
-    return jnp.matmul(h_prev.reshape(-1, H).T, dz.reshape(-1, G))
+    """sum_t h_prev[t]^T dz[t], [T, B, H] x [T, B, G] -> [H, G]: one matmul over all steps.
+
+    The [H, B*T] operand is laid out row-major first (``_flat_transposed``): XLA:CPU's
+    dot contracting over the leading dimension of both operands ran at 36 GFLOP/s on
+    one core for the LSTM's [256, 3200] x [3200, 1024] against 60 GFLOP/s after the
+    explicit transpose. The whole vjp-mode train step (bench.lm_step's model) gained
+    1.24-1.29x under data parallelism on two CPU devices and stayed within noise on
+    one device, where XLA already chose the fast form.
+    """
+    return _flat_transposed(h_prev) @ _batch_major(dz)
+
+
+def _batch_major(x: jax.Array) -> jax.Array:
+    """[T, B, K] -> [B*T, K]. B is the major part of the merged axis, so that a batch
+    split over devices (rnnjax.parallel) stays a split of the merged axis."""
+    return jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
+
+
+def _flat_transposed(h: jax.Array) -> jax.Array:
+    """[T, B, H] -> [H, B*T], laid out row-major once (see ``_transposed``)."""
+    return _transposed(_batch_major(h))
 
 
 def _keep(mask, like):
@@ -487,23 +505,29 @@ def _lstm_jvp(unroll, primals, tangents):
         f = jnp.where(keep > 0, f, 1.0)
         pass_through = 1.0 - keep
     w_l = _loop_weight(w)
+    k = jnp.concatenate([k_ifg, k_o], -1)          # [T, B, 4H]
+    # The gate blocks are picked by 0/1 weights over a [B, 4, H] view, not by slicing
+    # dz: the transpose of a slice is a pad, and XLA:CPU's fused pad-and-add in the
+    # backward loop cost ~100 us per step against ~30 us for this broadcast-multiply.
+    to_c_blocks = jnp.asarray([1.0, 1.0, 1.0, 0.0], u.dtype)[:, None]   # i, f, g -> dc
+    to_h_blocks = jnp.asarray([0.0, 0.0, 0.0, 1.0], u.dtype)[:, None]   # o -> dh
 
-    def step(dc, dh, u_t, k_ifg_t, k_o_t, to_h_t, f_t):
-        dz = u_t + _times_w(dh, w_l)
-        dc = f_t * dc + jnp.sum((dz[:, :3 * H] * k_ifg_t).reshape(B, 3, H), axis=1)
-        return dc, dz[:, 3 * H:] * k_o_t + to_h_t * dc
+    def step(dc, dh, u_t, k_t, to_h_t, f_t):
+        m = ((u_t + _times_w(dh, w_l)) * k_t).reshape(B, 4, H)
+        dc = f_t * dc + jnp.sum(m * to_c_blocks, axis=1)
+        return dc, jnp.sum(m * to_h_blocks, axis=1) + to_h_t * dc
 
     if mask is None:
         def body(carry, inp):
             dc, dh = step(*carry, *inp)
             return (dc, dh), dh
-        inputs = (u, k_ifg, k_o, to_h, f)
+        inputs = (u, k, to_h, f)
     else:
         def body(carry, inp):
-            dc, dh = step(*carry, *inp[:5])
-            dh = dh + inp[5] * carry[1]
+            dc, dh = step(*carry, *inp[:4])
+            dh = dh + inp[4] * carry[1]
             return (dc, dh), dh
-        inputs = (u, k_ifg, k_o, to_h, f, pass_through)
+        inputs = (u, k, to_h, f, pass_through)
     d_final, d_hs = lax.scan(body, (dc0, dh0), inputs, unroll=unroll)
     return (final, hs), (d_final, d_hs)
 
