@@ -16,6 +16,7 @@ Columns:
                over all JAX devices, the gradients all-reduced. On a CPU, --cpu_devices=N
                makes N CPU devices, one per core, instead of one device whose matmuls
                use the cores together.
+  rnnjax_dp_vjp  the same with fused="vjp" cells.
   torch_dp_ideal  PyTorch with one thread on a batch of B/N (N = --cpu_devices): the step
                time of one of N data-parallel replicas alone, so a lower bound on the step
                time of PyTorch's own N-way data parallelism (no all-reduce, no sharing).
@@ -32,6 +33,7 @@ precision, and ``matmul %`` uses wall-clock time.
 
     python -m bench.lm_step                          # all cells, all frameworks
     python -m bench.lm_step --cells=lstm --rounds=9 --input=embedding
+    python -m bench.lm_step --input=ids              # rnnjax's language-model input path
     python -m bench.lm_step --cpu_devices=2 --frameworks=torch,torch_dp_ideal,rnnjax_dp
 
 Run the data-parallel columns on their own: with several CPU devices the one-device
@@ -50,7 +52,7 @@ from absl import app, flags
 from rnnjax import allocator
 
 FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp", "rnnjax_dp",
-              "torch_dp_ideal")
+              "rnnjax_dp_vjp", "torch_dp_ideal")
 CELLS = ("tanh", "lstm", "gru")
 GATES = {"tanh": 1, "lstm": 4, "gru": 3}
 
@@ -62,8 +64,12 @@ flags.DEFINE_integer("batch", 32, "B")
 flags.DEFINE_integer("length", 100, "T")
 flags.DEFINE_integer("hidden", 256, "H")
 flags.DEFINE_integer("vocab", 65, "V")
-flags.DEFINE_enum("input", "onehot", ["onehot", "embedding"],
-                  "one-hot inputs (D = V) or a learned embedding of size --embed")
+flags.DEFINE_enum("input", "onehot", ["onehot", "ids", "embedding"],
+                  "one-hot inputs (D = V); 'ids': the same one-hot model, but the rnnjax "
+                  "columns take token ids and look up rows of the input weights "
+                  "(rnnjax.models.lm.one_hot_cell, as rnnjax's language models run), while "
+                  "PyTorch and Flax, whose RNN modules take dense vectors, get the one-hot "
+                  "vectors; or a learned embedding of size --embed for every framework")
 flags.DEFINE_integer("embed", 64, "embedding size with --input=embedding")
 flags.DEFINE_integer("steps", 10, "timed steps per round")
 flags.DEFINE_integer("rounds", 5, "rounds; each times every model once")
@@ -146,7 +152,7 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
     import optax
 
     B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
-    onehot = cfg["input"] == "onehot"
+    onehot = cfg["input"] in ("onehot", "ids")
     x_np, y_np = _data(B, T, V)
     x, y = jnp.asarray(x_np), jnp.asarray(y_np)
     key = jax.random.PRNGKey(0)
@@ -173,10 +179,14 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
     else:
         from rnnjax import cells, recurrence
         fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp",
-                 "rnnjax_dp": True}[framework]
+                 "rnnjax_dp": True, "rnnjax_dp_vjp": "vjp"}[framework]
         cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
                 "lstm": lambda: cells.lstm(H, fused=fused),
                 "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()
+        ids = cfg["input"] == "ids"
+        if ids:  # token ids in, a row lookup for the one-hot projection
+            from rnnjax.models import lm
+            cell = lm.one_hot_cell(cell, V)
         unroll = cfg["unroll"].get(cell_name, 1)
         k1, k2, k3 = jax.random.split(key, 3)
         D = V if onehot else E
@@ -187,7 +197,8 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
             params["embed"] = jax.random.normal(k3, (V, E))
 
         def loss_fn(p, x, y):
-            xs = jax.nn.one_hot(x, V) if onehot else p["embed"][x]
+            xs = (x[..., None] if ids else jax.nn.one_hot(x, V) if onehot
+                  else p["embed"][x])
             _, hs = recurrence.unroll(cell, p["rnn"], xs, unroll=unroll)
             logits = hs @ p["W_hy"] + p["b_y"]
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -199,7 +210,7 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
 
     state = [params, opt.init(params)]
     jit_kwargs = {}
-    if framework == "rnnjax_dp":  # state replicated, tokens [T, B] split along B
+    if framework.startswith("rnnjax_dp"):  # state replicated, tokens [T, B] split along B
         from rnnjax import parallel
         mesh = parallel.data_mesh()
         state = parallel.replicate(state, mesh)
@@ -224,7 +235,7 @@ def build_torch(cell_name: str, cfg: dict, threads: int | None = None):
     import torch
 
     B, T, H, V, E = cfg["B"], cfg["T"], cfg["H"], cfg["V"], cfg["E"]
-    onehot = cfg["input"] == "onehot"
+    onehot = cfg["input"] in ("onehot", "ids")  # torch's nn.RNN takes dense vectors
     torch.manual_seed(0)
     device = cfg["torch_device"]
     x_np, y_np = _data(B, T, V)
@@ -320,12 +331,13 @@ def main(argv):
     torch_device = "cpu"
     frameworks = list(FLAGS.frameworks)
     n_dp = jax.device_count()  # replicas of the data-parallel columns
-    if "rnnjax_dp" in frameworks and n_dp == 1:
-        raise app.UsageError("--frameworks=rnnjax_dp needs several JAX devices; on a CPU pass "
+    data_parallel = [f for f in frameworks if f.startswith("rnnjax_dp")]
+    if data_parallel and n_dp == 1:
+        raise app.UsageError(f"--frameworks={data_parallel[0]} needs several JAX devices; on a CPU pass "
                              "--cpu_devices=N (N = its cores)")
     if "torch_dp_ideal" in frameworks and (n_dp == 1 or not on_cpu):
         raise app.UsageError("--frameworks=torch_dp_ideal needs --cpu_devices=N > 1 on a CPU")
-    if any(f in frameworks for f in ("rnnjax_dp", "torch_dp_ideal")) and FLAGS.batch % n_dp:
+    if (data_parallel or "torch_dp_ideal" in frameworks) and FLAGS.batch % n_dp:
         raise app.UsageError(f"--batch={FLAGS.batch} does not split over {n_dp} devices; use a "
                              f"multiple of {n_dp}")
     if any(f.startswith("torch") for f in frameworks):
@@ -351,7 +363,7 @@ def main(argv):
     cfg = dict(B=FLAGS.batch, T=FLAGS.length, H=FLAGS.hidden, V=FLAGS.vocab, E=FLAGS.embed,
                input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll,
                opt_level=FLAGS.xla_opt_level, torch_device=torch_device)
-    D = cfg["V"] if cfg["input"] == "onehot" else cfg["E"]
+    D = cfg["E"] if cfg["input"] == "embedding" else cfg["V"]
     tokens = cfg["B"] * cfg["T"]
     print(f"# lm_step: B={cfg['B']} T={cfg['T']} H={cfg['H']} V={cfg['V']} input={cfg['input']} "
           f"Adam; steps/round={FLAGS.steps} rounds={FLAGS.rounds}; rnnjax unroll {unroll}")

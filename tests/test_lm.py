@@ -323,7 +323,7 @@ def test_one_hot_lookup_keeps_the_fused_unroll(cell):
     """Token ids look up rows of the input projection; the fused BPTT still runs."""
     from rnnjax import recurrence
     model = lm.LanguageModel(7, cell=cell, hidden=8)
-    first = lm._one_hot_cell(lm.make_cells(model)[0], 7)
+    first = lm.one_hot_cell(lm.make_cells(model)[0], 7)
     assert first.unroll is not None and recurrence._has_valid_override(first)
     plain = lm.LanguageModel(7, cell=cell, hidden=8, fused=False)
     params = lm.init(model, jax.random.PRNGKey(0))

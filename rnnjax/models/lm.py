@@ -152,7 +152,7 @@ def initial_carry(model: LanguageModel, params: Params, batch_size: int) -> Carr
                  for c, p in zip(make_cells(model), params["layers"]))
 
 
-def _one_hot_cell(cell: cells_lib.Cell, vocab_size: int) -> cells_lib.Cell:
+def one_hot_cell(cell: cells_lib.Cell, vocab_size: int) -> cells_lib.Cell:
     """``cell`` whose input is token ids [..., 1] standing for one-hot vectors.
 
     ``project`` is affine, so project(one_hot(i)) is row i of project(eye(V)): a
@@ -199,7 +199,7 @@ def features(model: LanguageModel, params: Params, carry: Carry, inputs: Array, 
         first = cs[0]
     else:
         xs = inputs[..., None]                                       # ids as [T, B, 1]
-        first = _one_hot_cell(cs[0], model.vocab_size)
+        first = one_hot_cell(cs[0], model.vocab_size)
     new_carry = []
     for i, (c, p, cr) in enumerate(zip((first,) + cs[1:], params["layers"], carry)):
         if i > 0 or model.embed_size > 0:
