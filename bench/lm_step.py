@@ -333,8 +333,8 @@ def main(argv):
     n_dp = jax.device_count()  # replicas of the data-parallel columns
     data_parallel = [f for f in frameworks if f.startswith("rnnjax_dp")]
     if data_parallel and n_dp == 1:
-        raise app.UsageError(f"--frameworks={data_parallel[0]} needs several JAX devices; on a CPU pass "
-                             "--cpu_devices=N (N = its cores)")
+        raise app.UsageError(f"--frameworks={data_parallel[0]} needs several JAX devices; on a "
+                             "CPU pass --cpu_devices=N (N = its cores)")
     if "torch_dp_ideal" in frameworks and (n_dp == 1 or not on_cpu):
         raise app.UsageError("--frameworks=torch_dp_ideal needs --cpu_devices=N > 1 on a CPU")
     if (data_parallel or "torch_dp_ideal" in frameworks) and FLAGS.batch % n_dp:
