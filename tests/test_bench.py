@@ -41,8 +41,8 @@ gradients are checked against the plain scan in test_lm.)"""
 def test_cli_prints_a_row_per_model():
     out = subprocess.run(
         [sys.executable, "-m", "bench.lm_step", "--allocator=system", "--cells=tanh",
-         "--frameworks=rnnjax_scan,rnnjax", "--input=ids", "--unroll=tanh:2", "--batch=4", "--length=5",
-         "--hidden=8", "--rounds=1", "--steps=1", "--warmup=0"],
+         "--frameworks=rnnjax_scan,rnnjax", "--input=ids", "--unroll=tanh:2", "--batch=4",
+         "--length=5", "--hidden=8", "--rounds=1", "--steps=1", "--warmup=0"],
         capture_output=True, text=True, check=True).stdout
     rows = [line for line in out.splitlines() if line.startswith("| tanh |")]
     assert [r.split("|")[2].strip() for r in rows] == ["rnnjax_scan", "rnnjax"]
