@@ -90,25 +90,20 @@ def _previous(first: jax.Array, seq: jax.Array) -> jax.Array:
 def _weight_grad(h_prev: jax.Array, dz: jax.Array) -> jax.Array:
     """sum_t h_prev[t]^T dz[t], [T, B, H] x [T, B, G] -> [H, G]: one matmul over all steps.
 
-    The [H, B*T] operand is laid out row-major first (``_flat_transposed``): XLA:CPU's
-    dot contracting over the leading dimension of both operands ran at 36 GFLOP/s on
-    one core for the LSTM's [256, 3200] x [3200, 1024] against 60 GFLOP/s after the
+    The [H, B*T] operand is laid out row-major first (``_transposed``): XLA:CPU's dot
+    contracting over the leading dimension of both operands ran at 36 GFLOP/s on one
+    core for the LSTM's [256, 3200] x [3200, 1024] against 60 GFLOP/s after the
     explicit transpose. The whole vjp-mode train step (bench.lm_step's model) gained
     1.24-1.29x under data parallelism on two CPU devices and stayed within noise on
     one device, where XLA already chose the fast form.
     """
-    return _flat_transposed(h_prev) @ _batch_major(dz)
+    return _transposed(_batch_major(h_prev)) @ _batch_major(dz)
 
 
 def _batch_major(x: jax.Array) -> jax.Array:
     """[T, B, K] -> [B*T, K]. B is the major part of the merged axis, so that a batch
     split over devices (rnnjax.parallel) stays a split of the merged axis."""
     return jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
-
-
-def _flat_transposed(h: jax.Array) -> jax.Array:
-    """[T, B, H] -> [H, B*T], laid out row-major once (see ``_transposed``)."""
-    return _transposed(_batch_major(h))
 
 
 def _keep(mask, like):
