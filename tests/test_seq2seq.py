@@ -211,7 +211,10 @@ def _reversal_data(seed: int, n: int) -> list[tr.Pair]:
 
 
 def _train(loss_fn, params, data, steps, lr=0.02, batch_size=32):
-    optimizer = optax.adam(lr)
+    # A constant rate of 0.02 leaves the last steps noisy: exact match swung between 0.83
+    # and 0.98 from one step to the next (and fell under 0.9 once on a GPU). Decaying it
+    # lets the model settle: 0.98-1.0 for four initialisations.
+    optimizer = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
     state = train.init_state(params, optimizer, seed=0)
     step = jax.jit(train.make_train_step(loss_fn, optimizer, clip_norm=5.0, has_aux=True))
     losses = []
@@ -227,7 +230,7 @@ def _exact_match(decoded, pairs, vocab):
 
 
 def test_learns_to_reverse_strings():
-    train_pairs, test_pairs = _reversal_data(0, 600), _reversal_data(1, 64)
+    train_pairs, test_pairs = _reversal_data(0, 2000), _reversal_data(1, 64)
     data = tr.make_data("reverse", train_pairs, test_pairs)
     config = s2s.Config(data.src_vocab.size, data.tgt_vocab.size, embed_size=16, hidden_size=48,
                         attention="additive", attention_size=32)
