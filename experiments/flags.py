@@ -157,9 +157,10 @@ def make_optimizer() -> Any:
 
 
 def loop_kwargs() -> dict[str, Any]:
-    """Keyword arguments of rnnjax.train.run from the common flags."""
+    """Keyword arguments of rnnjax.train.run from the common flags. Without --workdir
+    there is nowhere to write checkpoints, so --checkpoint_every is ignored."""
     return dict(steps=FLAGS.steps, log_every=FLAGS.log_every,
-                checkpoint_every=FLAGS.checkpoint_every or None,
+                checkpoint_every=(FLAGS.checkpoint_every or None) if FLAGS.workdir else None,
                 keep=FLAGS.keep_checkpoints, max_bad_steps=FLAGS.max_bad_steps,
                 progress=FLAGS.progress)
 

@@ -138,3 +138,12 @@ def test_language_models_check_the_plateau_factor(lm_train):
     FLAGS.eval_every, FLAGS.plateau_threshold = 100, -0.1
     with pytest.raises(app.UsageError, match="--plateau_threshold=-0.1 is invalid"):
         lm_train.validate()
+
+
+def test_checkpoint_every_is_ignored_without_a_workdir(tmp_path):
+    # `python -m experiments.char_lm` without --workdir trains without writing files
+    # (its default --checkpoint_every=200 used to stop it with a ValueError).
+    FLAGS.checkpoint_every = 200
+    assert common.loop_kwargs()["checkpoint_every"] is None
+    FLAGS.workdir = str(tmp_path)
+    assert common.loop_kwargs()["checkpoint_every"] == 200
