@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from absl import app, flags, logging  # noqa: F401  (defines --verbosity)
 
-from rnnjax import cells, checkpoint, optimizers
+from rnnjax import cells, checkpoint, compile_cache, optimizers
 
 FLAGS = flags.FLAGS
 
@@ -79,6 +79,10 @@ def _define() -> None:
     define("integer", "max_bad_steps", 10, "Stop after this many non-finite (NaN/Inf) steps "
            "in a row; their updates are skipped.")
     define("bool", "progress", True, "Show a progress bar.")
+    define("string", "compilation_cache", "auto", "Keep compiled XLA programs on disk, so "
+           "the next run with the same shapes loads them instead of compiling: 'auto' ("
+           "$RNNJAX_COMPILATION_CACHE, else ~/.cache/rnnjax/xla), a directory, or 'none'. "
+           "Entries go to a subdirectory per machine (rnnjax.compile_cache).")
     # Orbax and JAX log every checkpoint at INFO through absl; keep the
     # terminal for the progress bar and results (--verbosity=0 shows them).
     FLAGS.set_default("verbosity", -1)
@@ -145,7 +149,19 @@ def validate(cells_allowed: Iterable[str] | None = None,
         _fail("warmup_steps", FLAGS.warmup_steps, f"must be smaller than --steps={FLAGS.steps}")
     if FLAGS.workdir is not None:
         check_workdir(FLAGS.workdir)
+    apply_compilation_cache(FLAGS.compilation_cache)
     return {name: FLAGS[name].value for name in COMMON_FLAGS}
+
+
+def apply_compilation_cache(value: str) -> None:
+    """Turn the persistent compilation cache on or off as ``--compilation_cache`` says."""
+    if value is None or value.strip().lower() in ("", "none", "off"):
+        compile_cache.disable()
+        return
+    try:
+        compile_cache.enable(None if value == "auto" else value)
+    except ValueError as e:
+        _fail("compilation_cache", value, f"{e} (or 'none')")
 
 
 def make_optimizer() -> Any:
