@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from absl import app, flags, logging  # noqa: F401  (defines --verbosity)
+from absl import app, flags, logging  # logging also defines --verbosity
 
 from rnnjax import cells, checkpoint, compile_cache, optimizers
 
@@ -83,9 +83,6 @@ def _define() -> None:
            "the next run with the same shapes loads them instead of compiling: 'auto' ("
            "$RNNJAX_COMPILATION_CACHE, else ~/.cache/rnnjax/xla), a directory, or 'none'. "
            "Entries go to a subdirectory per machine (rnnjax.compile_cache).")
-    # Orbax and JAX log every checkpoint at INFO through absl; keep the
-    # terminal for the progress bar and results (--verbosity=0 shows them).
-    FLAGS.set_default("verbosity", -1)
 
 
 _define()
@@ -131,6 +128,10 @@ def validate(cells_allowed: Iterable[str] | None = None,
     Raises:
       app.UsageError naming the flag and the accepted values.
     """
+    # Orbax and JAX log every checkpoint and backend probe at INFO; keep the terminal
+    # for the progress bar and the results unless --verbosity is given (0: INFO).
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     for name in ("steps", "batch_size", "hidden", "log_every", "keep_checkpoints",
                  "max_bad_steps"):
         check_positive_int(name, FLAGS[name].value)

@@ -23,7 +23,7 @@ import csv
 import os
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import char_lm, lm_train
 from experiments import flags as common
@@ -65,7 +65,6 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     FLAGS.max_minutes = FLAGS.minutes_each
     cfg = lm_train.validate()
-    logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required: each model's run and the table go there")
     if not FLAGS.minutes_each > 0:

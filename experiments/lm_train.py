@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import flags as common
 from experiments import hf_flags
@@ -380,7 +380,6 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg = validate()
     allocator.ensure(FLAGS.allocator)  # re-executes once, before the heavy allocations
-    logging.set_verbosity(logging.WARNING)   # keep orbax's per-checkpoint chatter out
     if FLAGS.sample_only:
         print(sample_from_workdir(FLAGS.workdir))
         return
@@ -401,3 +400,7 @@ def run_with_defaults(defaults: dict) -> None:
     """
     set_defaults(defaults)
     app.run(main)
+
+
+if __name__ == "__main__":  # the generic LM trainer: every default is the flag's own
+    run_with_defaults({})

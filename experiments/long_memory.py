@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import flags as common
 from experiments import hf_flags
@@ -171,7 +171,6 @@ def main(argv) -> None:
 
 def run_from_flags() -> dict[str, Any]:
     """Run one experiment as the flags say; returns the outcome (also in diagnosis.json)."""
-    logging.set_verbosity(logging.WARNING)  # keep the checkpoint library's chatter out
     cfg = validate()
     task = synthetic.get(FLAGS.task)
     workdir = FLAGS.workdir

@@ -147,3 +147,17 @@ def test_checkpoint_every_is_ignored_without_a_workdir(tmp_path):
     assert common.loop_kwargs()["checkpoint_every"] is None
     FLAGS.workdir = str(tmp_path)
     assert common.loop_kwargs()["checkpoint_every"] == 200
+
+
+def test_info_logs_stay_quiet_unless_verbosity_is_given():
+    import logging as std_logging
+    from absl import logging as absl_logging
+    before = absl_logging.get_verbosity()
+    try:
+        common.validate()   # orbax's and JAX's INFO lines are not printed by default
+        assert std_logging.getLogger().getEffectiveLevel() == std_logging.WARNING
+        FLAGS["verbosity"].parse("0")   # as if --verbosity=0 were on the command line
+        common.validate()
+        assert std_logging.getLogger().getEffectiveLevel() == std_logging.INFO
+    finally:
+        absl_logging.set_verbosity(before)
