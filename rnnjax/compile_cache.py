@@ -82,9 +82,9 @@ def directory() -> Path | None:
     return Path(path) if path else None
 
 
-def _reset_if_initialized() -> None:
+def _reset_cache() -> None:
     # JAX opens the cache at the first compilation and keeps it; a new directory
-    # takes effect only after a reset.
+    # (or none) takes effect only after a reset, which is harmless before that.
     from jax.experimental.compilation_cache import compilation_cache
     compilation_cache.reset_cache()
 
@@ -111,7 +111,7 @@ def enable(root: str | os.PathLike | None = None, *,
                          f"directory ({e.strerror or e}); give a writable directory, or "
                          f"turn the cache off") from e
     if directory() != path:
-        _reset_if_initialized()
+        _reset_cache()
         jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     return path
@@ -120,5 +120,5 @@ def enable(root: str | os.PathLike | None = None, *,
 def disable() -> None:
     """Stop reading and writing the cache (compiled programs stay on disk)."""
     if directory() is not None:
-        _reset_if_initialized()
+        _reset_cache()
         jax.config.update("jax_compilation_cache_dir", None)
