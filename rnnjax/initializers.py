@@ -11,7 +11,11 @@ uniform there are:
 * ``identity``: the IRNN initialisation of Le, Jaitly & Hinton (2015), used with
   ReLU units so that the hidden state is copied forward at the start of training;
 * ``with_spectral_radius``: wraps any initialiser and rescales the square matrix
-  it returns to a chosen spectral radius (largest |eigenvalue|).
+  it returns to a chosen spectral radius (largest |eigenvalue|);
+* ``sparse``: Martens (2010)'s sparse initialisation, ``k`` non-zero incoming
+  weights per unit (15 in Martens & Sutskever 2011 and Pascanu et al. 2013), the
+  others exactly 0; with ``radius`` (or ``with_spectral_radius``) the square
+  recurrent matrix is then rescaled, e.g. Pascanu et al.'s 0.95.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "identity",
     "zeros",
     "with_spectral_radius",
+    "sparse",
     "spectral_radius",
     "by_name",
 ]
@@ -120,7 +125,35 @@ def with_spectral_radius(base: Initializer, radius: float) -> Initializer:
     return init
 
 
+def sparse(k: int = 15, stddev: float = 1.0, radius: float | None = None) -> Initializer:
+    """``k`` non-zero weights ~ N(0, stddev²) in each column (a unit's incoming weights).
+
+    Martens (2010) §5, used for RNNs by Martens & Sutskever (2011); Pascanu et al.
+    (2013)'s released code draws the 15 weights from N(0, 0.01²) and rescales W_hh to
+    spectral radius 0.95 (``sparse(15, 0.01, radius=0.95)``; the scale is irrelevant
+    once ``radius`` is set). A column of fewer than ``k`` rows is dense. For a
+    gate-stacked [H, k·H] matrix each column still gets ``k`` weights and ``radius``
+    applies per square block. shape: [fan_in, fan_out].
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"sparse init: k (connections per unit) must be a positive integer, got {k!r}")
+
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2:
+            raise ValueError(f"sparse init needs a 2-D [fan_in, fan_out] shape, got {shape}")
+        rows, cols = shape
+        k_w, k_pick = jax.random.split(key)
+        # a random permutation of the rows per column; the first k of each are kept
+        order = jnp.argsort(jax.random.uniform(k_pick, (rows, cols)), axis=0)
+        keep = jnp.zeros((rows, cols), bool).at[order[:min(k, rows)],
+                                                 jnp.arange(cols)[None, :]].set(True)
+        return jnp.where(keep, stddev * jax.random.normal(k_w, shape, dtype), 0).astype(dtype)
+
+    return init if radius is None else with_spectral_radius(init, radius)
+
+
 _NAMED = {
+    "sparse": sparse,
     "glorot": glorot_uniform,
     "orthogonal": orthogonal,
     "identity": identity,
