@@ -4,17 +4,21 @@ r"""Print the lecture's hand-set RNNs unrolled over a sequence, as the slides sh
     python -m experiments.handset --network=parity --inputs=0110
     python -m experiments.handset --network=sum --inputs=2,-0.5,1,1
     python -m experiments.handset --network=compare --inputs=2:-2,0:3.5,1:2.2 --format=json
+
+From Python: ``handset.run(handset.Config(network="parity", inputs="0110"), None)``
+returns ``{"traces": [...]}``, one dict per network (inputs, hidden units, outputs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import sys
 
-from absl import app, flags
 import jax.numpy as jnp
+from absl import app
 
-from rnnjax import handset
+from experiments import cli
+from rnnjax import checkpoint, handset
 
 LECTURE_INPUTS = {"sum": "2,-0.5,1,1", "compare": "2:-2,0:3.5,1:2.2", "parity": "0110101"}
 INPUT_FORMATS = {
@@ -23,16 +27,29 @@ INPUT_FORMATS = {
     "parity": "a string of bits, e.g. 0110",
 }
 
-_NETWORK = flags.DEFINE_enum("network", "all", ["all", *handset.NETWORKS],
-                             "Which hand-set network to run.")
-_INPUTS = flags.DEFINE_string(
-    "inputs", None, "The input sequence (default: the lecture's). " +
-    "; ".join(f"{k}: {v}" for k, v in INPUT_FORMATS.items()))
-_FORMAT = flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.")
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    network: str = cli.field("all", "Which hand-set network to run.",
+                             choices=("all", *handset.NETWORKS))
+    inputs: str | None = cli.field(None, "The input sequence (default: the lecture's). " +
+                                   "; ".join(f"{k}: {v}" for k, v in INPUT_FORMATS.items()))
+    format: str = cli.field("table", "Output format.", choices=("table", "json"))
+
+    def check(self) -> None:
+        if self.inputs is not None:
+            if self.network == "all":
+                raise cli.ConfigError("inputs", self.inputs, "needs a single network=sum, "
+                                      "compare or parity")
+            try:
+                parse_inputs(self.network, self.inputs)
+            except ValueError:
+                raise cli.ConfigError("inputs", self.inputs,
+                                      f"expected {INPUT_FORMATS[self.network]}") from None
 
 
 def parse_inputs(network: str, text: str) -> list[list[float]]:
-    """Parse the --inputs text of one network into [T, D] numbers, or raise ValueError."""
+    """Parse the inputs text of one network into [T, D] numbers, or raise ValueError."""
     text = text.strip()
     try:
         if network == "parity":
@@ -74,24 +91,26 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    networks = list(handset.NETWORKS) if _NETWORK.value == "all" else [_NETWORK.value]
-    if _INPUTS.value is not None and len(networks) > 1:
-        raise app.UsageError("--inputs needs a single --network (sum, compare or parity)")
-    results = []
-    for name in networks:
-        try:
-            values = parse_inputs(name, _INPUTS.value or LECTURE_INPUTS[name])
-        except ValueError as e:
-            raise app.UsageError(str(e))
-        results.append(trace_dict(name, values))
-    if _FORMAT.value == "json":
-        print(json.dumps(results[0] if len(results) == 1 else results))
+def run(config: Config, workdir: str | None) -> dict:
+    """Unroll the chosen networks; print them; write ``results.json`` into ``workdir``."""
+    cli.validate(config)
+    networks = list(handset.NETWORKS) if config.network == "all" else [config.network]
+    traces = [trace_dict(name, parse_inputs(name, config.inputs or LECTURE_INPUTS[name]))
+              for name in networks]
+    if config.format == "json":
+        print(json.dumps(traces[0] if len(traces) == 1 else traces))
     else:
-        print("\n\n".join(format_table(r) for r in results))
+        print("\n\n".join(format_table(t) for t in traces))
+    results = {"traces": traces, "config": cli.as_dict(config)}
+    if workdir:
+        checkpoint.save_json(workdir, "results", results)
+    return results
+
+
+def main(argv):
+    cli.call(run, cli.from_flags(Config, argv))
 
 
 if __name__ == "__main__":
+    cli.define_flags(Config)
     app.run(main)
