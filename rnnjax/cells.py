@@ -52,6 +52,7 @@ __all__ = [
     "mrnn",
     "by_name",
     "heaviside",
+    "steep",
 ]
 
 
@@ -450,6 +451,44 @@ def mrnn(
         return h, h
 
     return Cell(f"mrnn[F={F}]", H, init, initial_carry, project, recurrent_step, lambda h: h)
+
+
+def steep(cell: Cell, beta: float) -> Cell:
+    """``cell`` with its pre-activations multiplied by ``beta`` (vanilla cells).
+
+    act(beta * (x W_xh + h W_hh + b)): the same function class, but the units
+    saturate at smaller weights, and gradient descent finds saturated
+    (automaton-like) solutions sooner. The params are the base cell's, unscaled;
+    a fused cell stays fused.
+    """
+    if beta == 1.0:
+        return cell
+    if not cell.name.startswith("vanilla"):
+        raise ValueError(f"--steepness applies to vanilla cells (tanh, logistic, ...), not {cell.name}")
+
+    def scaled(p: Params) -> Params:
+        # beta * (x W_xh + h W_hh + b_h) == x (beta W_xh) + h (beta W_hh) + beta b_h
+        return {k: beta * v if k in ("W_xh", "W_hh", "b_h") else v for k, v in p.items()}
+
+    def project(p: Params, xs: jax.Array) -> jax.Array:
+        return cell.project(scaled(p), xs)
+
+    def recurrent_step(p: Params, h: jax.Array, xp: jax.Array):
+        return cell.recurrent_step(scaled(p), h, xp)
+
+    new = cell._replace(name=f"{cell.name}*{beta:g}", project=project,
+                        recurrent_step=recurrent_step, unroll=None)
+    base_unroll = cell.unroll
+    if base_unroll is None:
+        return new
+
+    def unroll(p: Params, xs: jax.Array, **kw):
+        # The cell's own (fused) unroll, on the scaled weights.
+        return base_unroll(scaled(p), xs, **kw)
+
+    if getattr(base_unroll, "steps", None) is not None:
+        unroll.steps = (project, recurrent_step)   # still the generic scan's computation
+    return new._replace(unroll=unroll)
 
 
 CELL_NAMES = ("tanh", "relu", "identity", "logistic", "threshold", "irnn", "lstm", "gru", "mrnn")

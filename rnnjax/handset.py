@@ -19,6 +19,14 @@ Three networks whose weights are chosen by hand rather than learned:
 Each network is a :class:`HandsetNetwork`: a cell, its params and a readout; run
 it with :func:`run`, which unrolls the cell with ``recurrence.unroll``.
 
+Probes read learned parity networks as boolean circuits: :func:`truth_tables`
+names the function of each unit of an output-feedback network (the lecture's
+architecture), :func:`canonical_parity_params` maps a learned one onto the
+hand-set form (negated units flipped back, the AND unit first) and
+:func:`parity_weight_table` sets the two side by side; :func:`unit_functions`
+reads any cell's hidden units as functions of (previous parity, input) from
+their behaviour.
+
     >>> import jax.numpy as jnp
     >>> from rnnjax import handset
     >>> trace = handset.run(handset.summing_network(), jnp.array([[2.0], [-0.5], [1.0], [1.0]]))
@@ -32,9 +40,11 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax import cells, recurrence
 from rnnjax.cells import Cell, Params
+from rnnjax.data import synthetic
 
 __all__ = [
     "HandsetNetwork",
@@ -45,6 +55,12 @@ __all__ = [
     "parity_network",
     "run",
     "NETWORKS",
+    "BOOLEAN_NAMES",
+    "truth_tables",
+    "negate_hidden_unit",
+    "canonical_parity_params",
+    "parity_weight_table",
+    "unit_functions",
 ]
 
 
@@ -186,3 +202,128 @@ def run(network: HandsetNetwork, inputs: jax.Array) -> Trace:
     if single:
         return Trace(inputs[:, 0], hidden[:, 0], outputs[:, 0])
     return Trace(inputs, hidden, outputs)
+
+
+# ----------------------------------------------------------------------------
+# Probes: learned parity networks read as boolean circuits
+# ----------------------------------------------------------------------------
+
+BOOLEAN_NAMES: dict[tuple[int, int, int, int], str] = {  # truth table over (a, b) = 00, 01, 10, 11
+    (0, 0, 0, 1): "AND", (0, 1, 1, 1): "OR", (0, 1, 1, 0): "XOR", (1, 1, 1, 0): "NAND",
+    (1, 0, 0, 0): "NOR", (1, 0, 0, 1): "XNOR", (0, 0, 1, 1): "a", (0, 1, 0, 1): "b",
+    (1, 1, 0, 0): "NOT a", (1, 0, 1, 0): "NOT b", (0, 0, 1, 0): "a AND NOT b",
+    (0, 1, 0, 0): "b AND NOT a", (1, 0, 1, 1): "a OR NOT b", (1, 1, 0, 1): "b OR NOT a",
+    (0, 0, 0, 0): "FALSE", (1, 1, 1, 1): "TRUE",
+}
+
+
+def truth_tables(params: Params) -> dict[str, str]:
+    """Each unit of an output-feedback parity network (2 hidden units, 1 output) as a
+    boolean function.
+
+    Hidden units are read as functions of (a, b) = (previous output, input); the
+    output unit as a function of the two hidden units (a, b) = (h1, h2). A unit is
+    "on" when its logistic (or threshold) output exceeds 0.5, i.e. when z > 0.
+    """
+    ab = jnp.array([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float32)
+    z_hidden = ab[:, 1:] @ params["W_xh"] + ab[:, :1] @ params["W_yh"] + params["b_h"]  # [4, 2]
+    z_out = ab @ params["W_hy"] + params["b_y"]  # [4, 1]
+    table = lambda z: BOOLEAN_NAMES[tuple(int(v) for v in np.asarray(z > 0))]
+    return {"h1 (prev output, input)": table(z_hidden[:, 0]),
+            "h2 (prev output, input)": table(z_hidden[:, 1]),
+            "output (h1, h2)": table(z_out[:, 0])}
+
+
+def negate_hidden_unit(params: Params, i: int) -> dict[str, np.ndarray]:
+    """An equivalent output-feedback network with hidden unit ``i`` negated (float64).
+
+    With logistic (or threshold) units, act(-z) = 1 - act(z): flipping the signs
+    of the unit's incoming weights and bias makes it compute NOT of what it
+    computed; the output unit then sees 1 - h_i, which its weight -w and bias
+    b + w undo exactly. So (NOR, AND -> NOR) is the same network as the lecture's
+    (OR, AND -> "OR and not AND") up to this symmetry.
+    """
+    p = {k: np.array(v, np.float64) for k, v in params.items()}
+    for name in ("W_xh", "W_yh"):
+        p[name][:, i] *= -1
+    p["b_h"][i] *= -1
+    p["b_y"] = p["b_y"] + p["W_hy"][i]
+    p["W_hy"][i] *= -1
+    return p
+
+
+def canonical_parity_params(params: Params) -> dict[str, np.ndarray]:
+    """A learned output-feedback parity network mapped onto the hand-set network's form.
+
+    Hidden units that compute NAND or NOR are negated (to AND or OR, see
+    :func:`negate_hidden_unit`) and the two hidden units are ordered AND first, as
+    in the lecture. The function computed does not change.
+    """
+    tables = truth_tables(params)
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    for i, key in enumerate(("h1 (prev output, input)", "h2 (prev output, input)")):
+        if tables[key] in ("NAND", "NOR"):
+            p = negate_hidden_unit(p, i)
+    if truth_tables(p)["h2 (prev output, input)"] == "AND":
+        p = {k: (v[..., ::-1] if k in ("W_xh", "W_yh", "b_h") else v[::-1] if k == "W_hy" else v)
+             for k, v in p.items()}
+    return p
+
+
+def parity_weight_table(learned: Params) -> str:
+    """Hand-set and learned parity weights side by side, each unit scaled to unit norm.
+
+    The learned network is first put in the hand-set one's form
+    (:func:`canonical_parity_params`). A threshold unit is unchanged by a positive
+    scaling of its incoming weights and bias, so each unit's weights are compared
+    after normalising; the last column but one is the cosine of the two.
+    """
+    hand = parity_network().params
+    learned = canonical_parity_params(learned)
+
+    def units(p):
+        rows = {f"h{i + 1}": np.array([p["W_xh"][0, i], p["W_yh"][0, i], p["b_h"][i]])
+                for i in range(2)}
+        rows["y"] = np.array([p["W_hy"][0, 0], p["W_hy"][1, 0], p["b_y"][0]])
+        return {k: v / np.linalg.norm(v) for k, v in rows.items()}, rows
+
+    (h, _), (mine, raw) = units(hand), units(learned)
+    fmt = lambda v: " ".join(f"{x:+6.2f}" for x in v)
+    lines = ["weights: h1, h2 = [input, prev output, bias]; y = [h1, h2, bias]",
+             "unit  hand-set (normalised)   learned (normalised)    cosine   learned (raw)"]
+    for k in h:
+        lines.append(f"{k:4s}  {fmt(h[k]):24s}{fmt(mine[k]):24s}{float(h[k] @ mine[k]):+.3f}"
+                     f"    {fmt(raw[k])}")
+    return "\n".join(lines)
+
+
+def unit_functions(cell: Cell, cell_params: Params, key: jax.Array, length: int = 50,
+                   num: int = 200, agreement: float = 0.99) -> dict[str, int]:
+    """Behavioural probe: which boolean function of (previous parity, input) each
+    hidden unit of a cell trained on running parity computes.
+
+    The cell runs on ``num`` random bit streams of ``length`` (from ``key``). A unit
+    is read as "on" when h > 0 (tanh) or h > 0.5 (logistic). If, on at least
+    ``agreement`` of the visits to each of the four cases, the unit agrees with one
+    truth table, it computes that function; otherwise it is "mixed".
+
+    Returns:
+      counts per function name, e.g. ``{"XOR": 3, "mixed": 13}``.
+    """
+    batch = synthetic.get("parity").generate(key, num, length)
+    _, hs = recurrence.unroll(cell, cell_params, batch.inputs)
+    threshold = 0.5 if "logistic" in cell.name else 0.0
+    on = np.asarray(hs > threshold)  # [T, B, H]
+    bits = np.asarray(batch.inputs[..., 0]).astype(int)
+    prev = np.concatenate([np.zeros((1, num), int), np.asarray(batch.targets)[:-1]], 0)
+    counts: dict[str, int] = {}
+    for unit in range(on.shape[-1]):
+        table = []
+        for a in (0, 1):
+            for b in (0, 1):
+                visits = on[(prev == a) & (bits == b), unit]
+                frac = visits.mean() if visits.size else 0.5
+                table.append(1 if frac >= agreement else 0 if frac <= 1 - agreement else None)
+        name = BOOLEAN_NAMES[tuple(table)] if None not in table else "mixed"
+        counts[name] = counts.get(name, 0) + 1
+    return counts

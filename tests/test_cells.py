@@ -158,3 +158,30 @@ def test_gru_update_bias_keeps_the_state_at_initialisation():
     _, out = cell.step(params, h, jnp.zeros((B, D)))
     # z = sigmoid(3 + h W_hz) is near 1, so h' stays close to h.
     assert float(jnp.max(jnp.abs(out - h))) < 0.5 * float(jnp.max(jnp.abs(h)))
+
+
+@pytest.mark.parametrize("fused", [False, True, "vjp"])
+def test_steep_scales_preactivations(fused):
+    base = cells.vanilla(3, "tanh", fused=fused, learn_initial_state=True)
+    params = base.init(jax.random.key(0), 1)
+    params["h0"] = jnp.full((3,), 0.3)
+    xs = jax.random.normal(jax.random.key(1), (4, 2, 1))
+    doubled = {**params, "W_xh": 2 * params["W_xh"], "W_hh": 2 * params["W_hh"],
+               "b_h": 2 * params["b_h"] + 0.1}
+    steep_params = {**params, "b_h": params["b_h"] + 0.05}
+    cell = cells.steep(base, 2.0)
+    assert cell.name == "vanilla[tanh]*2"
+    loss = lambda c, p: jnp.sum(recurrence.unroll(c, p, xs, remat=False)[1] ** 2)
+    np.testing.assert_allclose(loss(cell, steep_params), loss(base, doubled), rtol=1e-5)
+    # The gradient with respect to the unscaled params is beta times the scaled one's.
+    g_steep = jax.grad(loss, argnums=1)(cell, steep_params)
+    g_base = jax.grad(loss, argnums=1)(base, doubled)
+    for k in ("W_xh", "W_hh", "b_h"):
+        np.testing.assert_allclose(g_steep[k], 2 * g_base[k], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(g_steep["h0"], g_base["h0"], rtol=1e-4, atol=1e-6)
+    # remat runs the generic scan of the steep steps: the same numbers.
+    _, remat_hs = recurrence.unroll(cell, steep_params, xs, remat=True)
+    np.testing.assert_allclose(remat_hs, recurrence.unroll(base, doubled, xs)[1], rtol=1e-5)
+    assert cells.steep(base, 1.0) is base
+    with pytest.raises(ValueError, match="steepness"):
+        cells.steep(cells.lstm(3), 2.0)
