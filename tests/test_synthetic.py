@@ -16,7 +16,7 @@ from rnnjax.data import synthetic
 B = 256
 LENGTHS = {"addition": 37, "multiplication": 23, "xor": 30, "temporal_order": 41,
            "temporal_order3": 29, "permutation": 12, "memorization5": 19,
-           "memorization20": 26, "copy": 31, "parity": 9}
+           "memorization20": 26, "copy": 31, "parity": 9, "addition_hs97": 40}
 
 
 @pytest.fixture(scope="module")
@@ -29,50 +29,76 @@ def _one_hot_logits(labels: np.ndarray, num_classes: int) -> jnp.ndarray:
     return jnp.asarray(20.0 * np.eye(num_classes)[labels], jnp.float32)
 
 
-def oracle(name: str, inputs: np.ndarray) -> jnp.ndarray:
-    """Perfect outputs [T, B, O] computed from the inputs by the documented rule."""
+def _operands(inputs: np.ndarray):
+    values, marks = inputs[..., 0], inputs[..., 1]
+    assert np.all(marks.sum(0) == 2), "exactly two marked steps per sequence"
+    idx = np.sort(np.argsort(marks, axis=0, kind="stable")[-2:], axis=0)  # the marked steps
+    a, b = np.take_along_axis(values, idx, 0)
+    return values, idx, a, b
+
+
+def oracle(name: str, inputs: np.ndarray, mask: np.ndarray) -> jnp.ndarray:
+    """Perfect outputs [T, B, O] computed from the inputs by the documented rule.
+
+    For the variable-length problems the oracle also checks the length and marker
+    windows against each sequence's own length l (its scored step is l - 1).
+    """
     T, Bn, _ = inputs.shape
     task = synthetic.get(name)
-    if name in ("addition", "multiplication", "xor"):
-        values, marks = inputs[..., 0], inputs[..., 1]
-        assert np.all(marks.sum(0) == 2), "exactly two marked steps per sequence"
-        picked = np.where(marks > 0, values, np.nan)
-        idx = np.argsort(marks, axis=0)[-2:]          # the two marked steps
-        a, b = np.take_along_axis(values, idx, 0)
-        if name == "xor":
-            assert np.isin(values, (0.0, 1.0)).all()
-            labels = np.broadcast_to((a != b).astype(int), (T, Bn))
-            return _one_hot_logits(labels, 2)
-        assert np.nanmin(picked) >= 0 and np.nanmax(picked) <= 1
-        answer = a + b if name == "addition" else a * b
+    if name in ("addition", "multiplication", "addition_hs97"):
+        values, (p0, p1), a, b = _operands(inputs)
+        length = mask.argmax(0) + 1
+        nominal = LENGTHS[name]
+        if name == "addition_hs97":  # H&S 1997: l in [T, T + T/10], values in [-1, 1]
+            assert length.min() >= nominal and length.max() <= nominal + nominal // 10
+            assert values.min() >= -1 and values.max() <= 1 and values.min() < -0.5
+            assert p0.max() < 10 and p1.min() >= 10 and np.all(p1 < np.maximum(length // 2, 11))
+            answer = 0.5 + (a + b) / 4
+        else:  # Pascanu's code: l in [T, T + T/10), p0 < l/10 <= p1 < l/10 + 4l/10
+            assert length.min() >= nominal and length.max() < nominal + nominal // 10
+            assert values.min() >= 0 and values.max() <= 1
+            assert np.all(p0 < length // 10) and np.all(p1 >= length // 10)
+            assert np.all(p1 < length // 10 + 4 * length // 10)
+            answer = (a + b) / 2 if name == "addition" else a * b
+        assert np.all(values[np.arange(T)[:, None] >= length[None, :]] == 0), "padding is zero"
         return jnp.asarray(np.broadcast_to(answer[None, :, None], (T, Bn, 1)), jnp.float32)
+    if name == "xor":
+        values, _, a, b = _operands(inputs)
+        assert np.isin(values, (0.0, 1.0)).all()
+        return _one_hot_logits(np.broadcast_to((a != b).astype(int), (T, Bn)), 2)
     if name == "parity":
         assert np.isin(inputs, (0.0, 1.0)).all()
         return _one_hot_logits(np.cumsum(inputs[..., 0].astype(int), 0) % 2, 2)
     symbols = inputs.argmax(-1)
     assert np.all(inputs.sum(-1) == 1), "inputs are one-hot"
     if name.startswith("temporal_order"):
-        assert np.all(symbols[0] == 7) and np.all(symbols[-1] == 6)
+        starts = (0.1, 0.5) if name == "temporal_order" else (0.1, 0.3, 0.6)
+        width = T // 10
+        special = symbols < 2
+        assert np.all(special.sum(0) == len(starts)) and np.all(symbols < 6)
         label = np.zeros(Bn, int)
-        n_special = 0
-        for t in range(T):
-            special = np.isin(symbols[t], (4, 5))
-            label = np.where(special, 2 * label + (symbols[t] == 5), label)
-            n_special = n_special + special
-        assert np.all(n_special == (2 if name == "temporal_order" else 3))
+        for i, s in enumerate(starts):  # one special in each window [sT, sT + T/10)
+            window = special[int(s * T):int(s * T) + width]
+            assert np.all(window.sum(0) == 1)
+            label += 2 ** i * np.sum(symbols[int(s * T):int(s * T) + width] * window, axis=0)
         return _one_hot_logits(np.broadcast_to(label, (T, Bn)), task.output_size)
     if name == "permutation":
         assert np.isin(symbols[0], (0, 1)).all() and (symbols[1:] >= 2).all()
         return _one_hot_logits(np.broadcast_to(symbols[0], (T, Bn)), 100)
-    # recall problems: n symbols, blanks, a cue n + 1 steps before the end, n blanks
     n = {"memorization5": 5, "memorization20": 10, "copy": 10}[name]
     char_size = task.output_size - 1
-    cue, blank = char_size, char_size + 1
-    assert (symbols[:n] < char_size).all()
-    assert (symbols[T - n - 1] == cue).all()
-    assert (symbols[n:T - n - 1] == blank).all() and (symbols[T - n:] == blank).all()
     labels = np.full((T, Bn), char_size)               # the blank output class
     labels[T - n:] = symbols[:n]
+    assert (symbols[:n] < char_size).all()
+    if name == "copy":  # n symbols, blanks, a cue n + 1 steps before the end, n blanks
+        cue, blank = char_size, char_size + 1
+        assert (symbols[T - n - 1] == cue).all()
+        assert (symbols[n:T - n - 1] == blank).all() and (symbols[T - n:] == blank).all()
+    else:  # Pascanu's memorisation: n symbols, T blanks, the cue on the first recall step
+        blank, cue = char_size, char_size + 1
+        assert T == LENGTHS[name] + 2 * n
+        assert (symbols[T - n] == cue).all()
+        assert (symbols[n:T - n] == blank).all() and (symbols[T - n + 1:] == blank).all()
     return _one_hot_logits(labels, task.output_size)
 
 
@@ -80,7 +106,7 @@ def oracle(name: str, inputs: np.ndarray) -> jnp.ndarray:
 def test_structure_and_oracle_scores_perfectly(batches, name):
     task = synthetic.get(name)
     batch = batches[name]
-    T = LENGTHS[name]
+    T = task.steps(LENGTHS[name])
     chex.assert_shape(batch.inputs, (T, B, task.input_size))
     chex.assert_shape(batch.mask, (T, B))
     if task.kind == "regression":
@@ -88,7 +114,7 @@ def test_structure_and_oracle_scores_perfectly(batches, name):
     else:
         chex.assert_shape(batch.targets, (T, B))
         chex.assert_type(batch.targets, jnp.int32)
-    outputs = oracle(name, np.asarray(batch.inputs))
+    outputs = oracle(name, np.asarray(batch.inputs), np.asarray(batch.mask))
     assert float(task.error_rate(outputs, batch)) == 0.0
     assert float(task.loss(outputs, batch)) < 1e-3
 
@@ -97,9 +123,9 @@ def test_structure_and_oracle_scores_perfectly(batches, name):
 def test_constant_guess_fails(batches, name):
     task = synthetic.get(name)
     batch = batches[name]
-    T = LENGTHS[name]
+    T = task.steps(LENGTHS[name])
     if task.kind == "regression":
-        guess = jnp.full((T, B, 1), 1.0 if name == "addition" else 0.25)  # the mean answer
+        guess = jnp.full((T, B, 1), 0.25 if name == "multiplication" else 0.5)  # the mean answer
     else:
         guess = jnp.zeros((T, B, task.output_size)).at[..., 0].set(1.0)  # always class 0
     rate = float(task.error_rate(guess, batch))
@@ -108,9 +134,11 @@ def test_constant_guess_fails(batches, name):
 
 
 def test_scored_steps(batches):
-    """Last step only for the answer-at-the-end problems; every step for recall and parity."""
-    for name in ("addition", "multiplication", "xor", "temporal_order", "temporal_order3",
-                 "permutation"):
+    """One step per sequence for the answer-at-the-end problems; every step for recall and parity."""
+    for name in ("addition", "multiplication", "addition_hs97"):
+        mask = np.asarray(batches[name].mask)
+        assert (mask.sum(0) == 1).all(), name
+    for name in ("xor", "temporal_order", "temporal_order3", "permutation"):
         mask = np.asarray(batches[name].mask)
         assert mask[-1].all() and mask.sum() == B, name
     for name in ("memorization5", "memorization20", "copy", "parity"):
@@ -118,18 +146,30 @@ def test_scored_steps(batches):
 
 
 def test_marker_windows_scale_with_length():
-    # f = T / 100: at T = 200 addition's markers are in [2, 20) and [20, 100).
-    assert synthetic.markers(200, ((1, 10), (10, 50))) == [(2, 20), (20, 100)]
-    # Windows stay non-empty and ordered for short T.
+    # Short sequences keep non-empty, ordered windows (used by XOR).
     spans = synthetic.markers(10, ((1, 10), (30, 40), (50, 60)), inclusive=True)
     assert all(lo < hi for lo, hi in spans)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
-    batch = synthetic.get("addition").generate(jax.random.PRNGKey(0), 512, 200)
+    # Pascanu's addition at T = 200: l in [200, 220), p0 < l/10, p1 in [l/10, l/2).
+    batch = synthetic.get("addition").generate(jax.random.PRNGKey(0), 2048, 200)
+    assert batch.inputs.shape[0] == 219
     marks = np.asarray(batch.inputs[..., 1])
-    first = marks.argmax(0)
-    second = 199 - marks[::-1].argmax(0)
-    assert first.min() >= 2 and first.max() < 20
-    assert second.min() >= 20 and second.max() < 100
+    first, second = marks.argmax(0), 218 - marks[::-1].argmax(0)
+    length = np.asarray(batch.mask).argmax(0) + 1
+    assert first.min() == 0 and first.max() >= 19 and np.all(first < length // 10)
+    assert second.min() == 20 and second.max() >= 100 and np.all(second < length // 2)
+    assert length.min() == 200 and length.max() == 219
+
+
+def test_regression_thresholds():
+    """Pascanu's rule (squared error > 0.04) and Hochreiter & Schmidhuber's (|error| > 0.04)."""
+    for name, tol in (("addition", 0.2), ("addition_hs97", 0.04)):
+        task = synthetic.get(name)
+        batch = task.generate(jax.random.PRNGKey(3), 64, 30)
+        answer = jnp.sum(batch.targets * batch.mask[..., None], 0)[None]
+        shape = batch.targets.shape
+        for delta, wrong in ((0.9 * tol, 0.0), (1.1 * tol, 1.0)):
+            assert float(task.error_rate(jnp.broadcast_to(answer + delta, shape), batch)) == wrong
 
 
 def test_evaluate_and_success_rule():
@@ -137,13 +177,13 @@ def test_evaluate_and_success_rule():
 
     def perfect(inputs):
         values, marks = inputs[..., 0], inputs[..., 1]
-        total = jnp.sum(values * marks, axis=0)
+        total = jnp.sum(values * marks, axis=0) / 2
         return jnp.broadcast_to(total[None, :, None], inputs.shape[:2] + (1,))
 
     key = jax.random.PRNGKey(7)
     rate = synthetic.evaluate(task, perfect, key, 15, num_sequences=10_000, batch_size=5_000)
     assert rate == 0.0 and synthetic.solved(rate)
-    noisy = synthetic.evaluate("addition", lambda x: perfect(x) + 0.05, key, 15,
+    noisy = synthetic.evaluate("addition", lambda x: perfect(x) + 0.25, key, 15,
                                num_sequences=500, batch_size=500)
     assert noisy == 1.0 and not synthetic.solved(noisy)
 

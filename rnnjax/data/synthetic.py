@@ -8,9 +8,10 @@ generator of batches from a PRNG key, the task's loss, and its success rule.
     >>> task = synthetic.get("addition")
     >>> batch = task.generate(jax.random.PRNGKey(0), 32, 100)
     >>> batch.inputs.shape, batch.targets.shape, batch.mask.shape
-    ((100, 32, 2), (100, 32, 1), (100, 32))
+    ((109, 32, 2), (109, 32, 1), (109, 32))
 
-Every batch is time-major and has exactly ``seq_len`` steps:
+Every batch is time-major and has ``task.steps(seq_len)`` steps (``seq_len``
+itself except for the variable-length and memorisation problems):
 
 * ``inputs`` [T, B, D] float32;
 * ``targets`` [T, B, 1] float32 for regression tasks (addition, multiplication),
@@ -25,49 +26,59 @@ is the mean squared error or softmax cross-entropy over the scored steps;
 criterion. A problem counts as solved (Pascanu et al. 2013) when fewer than 1% of
 10,000 fresh sequences are wrong: :func:`evaluate` and :func:`solved`.
 
-The problems (definitions after Martens & Sutskever 2011, as in Sutskever's
-released HF code, with ``f = T / 100`` scaling the marker windows; Pascanu et
-al. 2013 use the same problems):
+The problems, as defined by Pascanu, Mikolov & Bengio (2013)'s released code
+(github.com/pascanur/trainingRNNs, files ``addition.py``, ``multiplication.py``,
+``tempOrder.py``, ``tempOrder3bit.py``, ``permutation.py``, ``memorization.py``
+and the error rule of ``RNN.py``), which follows Martens & Sutskever (2011) and
+Hochreiter & Schmidhuber (1997). ``T`` is the nominal length passed to
+:meth:`Task.generate`; :meth:`Task.steps` is the array length it returns.
 
 ==================  ===  ====  ========================================================
-name                 D    O    what must be remembered
+name                 D    O    definition (source: Pascanu et al.'s code unless noted)
 ==================  ===  ====  ========================================================
-addition             2    1    channel 0 a value ~U[0,1], channel 1 a marker on two
-                               steps in [1,10)f and [10,50)f; at the last step output
-                               the sum of the two marked values. Wrong: |error| > 0.04.
-multiplication       2    1    the same, the product.
+addition             2    1    each sequence has its own length l ~ U{T, .., T+⌊T/10⌋−1}
+                               (arrays padded with zeros to the longest, the padding
+                               unscored); channel 0 values ~U[0,1], channel 1 a marker
+                               at p0 ~ U{0..⌊l/10⌋−1} and p1 ~ ⌊l/10⌋ + U{0..⌊4l/10⌋−1};
+                               at step l−1 output (X0 + X1)/2. Wrong: squared error
+                               > 0.04 (|error| > 0.2).
+multiplication       2    1    the same, target X0·X1.
 xor                  2    2    binary values, markers in [1,10)f and [15,25)f with f =
-                               T/50 (Sutskever's XOR sequences are half as long as the
-                               others: 50f..55f steps); classify the XOR of the two
-                               marked bits at the last step. Wrong: argmax != target.
-temporal_order       8    4    one-hot symbols: 0-3 distractors, 4/5 the specials X/Y,
-                               6 the "answer now" cue (last step), 7 the start symbol
-                               (step 0). Specials at [1,10]f and [40,50]f; classify
-                               their order XX, XY, YX, YY (class 2·first + second).
-temporal_order3      8    8    three specials at [1,10]f, [30,40]f, [50,60]f; class
-                               4·first + 2·second + third.
+                               T/50, fixed length; classify the XOR of the two marked
+                               bits at the last step (not in Pascanu's code; after the
+                               description of Martens & Sutskever 2011, unverified).
+temporal_order       6    4    one-hot symbols: 0/1 the specials A/B, 2..5 distractors;
+                               specials at p0 ∈ [⌊T/10⌋, 2⌊T/10⌋) and p1 ∈ [⌊5T/10⌋,
+                               ⌊5T/10⌋+⌊T/10⌋); class v0 + 2·v1 at the last step.
+temporal_order3      6    8    specials at [⌊T/10⌋,+⌊T/10⌋), [⌊3T/10⌋,+), [⌊6T/10⌋,+);
+                               class v0 + 2·v1 + 4·v2.
 permutation         100  100   step 0 shows symbol 0 or 1, every later step a random
                                symbol from 2..99; at the last step predict the symbol
                                of step 0 (only that step is scored).
-memorization5        4    3    5 binary symbols, blanks, a cue 6 steps before the end,
-                               then the 5 symbols must be reproduced; every step is
-                               scored (blank class elsewhere). Wrong: any step wrong.
-memorization20       7    6    the same with 10 symbols of 5 values (~23 bits).
+memorization5        4    3    5 binary symbols on steps [0, 5), T blank steps, the cue
+                               on step T+5, where recall starts; the symbols must be
+                               reproduced on steps [T+5, T+10); T+10 steps, every step
+                               scored (blank class elsewhere); wrong: any step wrong.
+memorization20       7    6    the same with 10 symbols of 5 values (~23 bits; the
+                               default of Pascanu's ``MemTask``).
 copy                 10   9    Arjovsky et al. 2016's copy memory: 10 symbols from an
                                alphabet of 8, blanks, a delimiter, then reproduce them
-                               in the last 10 steps; every step scored.
+                               in the last 10 steps; ``T`` is the total length.
 parity               1    2    running parity: bits in, at every step the parity of
                                the bits so far (a teaching problem, not a long-memory
                                benchmark); every step scored.
+addition_hs97        2    1    Hochreiter & Schmidhuber (1997)'s adding problem: values
+                               ~U[−1,1], length l ~ U{T..T+⌊T/10⌋}, the first marker in
+                               the first 10 steps, the second before step ⌊l/2⌋; target
+                               0.5 + (X1+X2)/4; wrong: |error| > 0.04.
 ==================  ===  ====  ========================================================
 
-Deviations from the originals, and why: sequences have a fixed length ``T`` per
-batch (Sutskever draws it from [T, 1.1T)) so that ``jit`` compiles once; marker
-windows are rounded to whole steps and kept non-empty and in order, so that the
-problems are defined for short T (T >= 10) too; ``seq_len`` is always the total
-length (for the recall problems the blank stretch is ``T - 2·n - 1`` long, so
-Arjovsky's copy problem with delay ``T'`` is ``seq_len = T' + 20``); XOR is a
-two-class softmax rather than one sigmoid unit (the same model).
+Deviations from the code, and why: arrays are time-major JAX arrays drawn from a
+PRNG key; addition and multiplication draw one length per sequence and pad
+(Pascanu draws one per batch), so that ``jit`` compiles once per T; the marker
+channel of addition is channel 1 (Pascanu's channel 0); XOR is a two-class softmax
+rather than one sigmoid unit (the same model). The windows of temporal order and
+XOR stay non-empty for short T (T >= 10).
 """
 
 from __future__ import annotations
@@ -87,6 +98,7 @@ __all__ = [
     "TASKS",
     "TASK_NAMES",
     "LONG_MEMORY_TASKS",
+    "PAPER_TASKS",
     "SUCCESS_ERROR_RATE",
     "NUM_TEST_SEQUENCES",
     "REGRESSION_TOLERANCE",
@@ -98,7 +110,7 @@ __all__ = [
 
 SUCCESS_ERROR_RATE = 0.01   # solved: under 1% of sequences wrong ...
 NUM_TEST_SEQUENCES = 10_000  # ... on this many fresh sequences (Pascanu et al. 2013)
-REGRESSION_TOLERANCE = 0.04  # a regression answer is wrong when |error| exceeds this
+REGRESSION_TOLERANCE = 0.2  # Pascanu's rule: wrong when the squared error exceeds 0.04
 
 
 class Batch(NamedTuple):
@@ -126,6 +138,9 @@ class Task(NamedTuple):
       min_seq_len: the shortest T for which the problem is defined.
       description: one line.
       generate_fn: ``(key, batch_size, seq_len) -> Batch`` (use :meth:`generate`).
+      steps_fn: ``seq_len -> `` the number of steps of a generated batch (None: seq_len).
+      tolerance: regression only: an answer is wrong when |error| exceeds this.
+      source: where the definition comes from.
     """
 
     name: str
@@ -135,9 +150,16 @@ class Task(NamedTuple):
     min_seq_len: int
     description: str
     generate_fn: Callable[[jax.Array, int, int], Batch]
+    steps_fn: Callable[[int], int] | None = None
+    tolerance: float = REGRESSION_TOLERANCE
+    source: str = "Pascanu et al. 2013, github.com/pascanur/trainingRNNs"
+
+    def steps(self, seq_len: int) -> int:
+        """Array length of a batch generated for nominal length ``seq_len``."""
+        return seq_len if self.steps_fn is None else self.steps_fn(seq_len)
 
     def generate(self, key: jax.Array, batch_size: int, seq_len: int) -> Batch:
-        """A fresh batch: inputs [seq_len, batch_size, D]; see :class:`Batch`.
+        """A fresh batch: inputs [steps(seq_len), batch_size, D]; see :class:`Batch`.
 
         ``batch_size`` and ``seq_len`` are static (Python ints): each pair compiles once.
         """
@@ -161,13 +183,13 @@ class Task(NamedTuple):
     def wrong(self, outputs: jax.Array, batch: Batch) -> jax.Array:
         """[B] bool: True for each sequence the task's criterion counts as wrong.
 
-        Regression: some scored step has |prediction - target| > 0.04.
+        Regression: some scored step has |prediction - target| > ``tolerance``.
         Classification: some scored step has argmax(logits) != target.
         """
         self._check_outputs(outputs, batch)
         scored = batch.mask > 0
         if self.kind == "regression":
-            bad = jnp.any(jnp.abs(outputs - batch.targets) > REGRESSION_TOLERANCE, axis=-1)
+            bad = jnp.any(jnp.abs(outputs - batch.targets) > self.tolerance, axis=-1)
         else:
             bad = jnp.argmax(outputs, axis=-1) != batch.targets
         return jnp.any(bad & scored, axis=0)
@@ -234,62 +256,118 @@ def _last_step_mask(seq_len: int, batch_size: int) -> jax.Array:
 
 # ----------------------------------------------------------------------------- two-operand problems
 
+def _jitter(seq_len: int) -> int:
+    """How many lengths a variable-length problem draws from: ⌊T/10⌋ (at least 1)."""
+    return max(seq_len // 10, 1)
+
+
+def _pascanu_operand_task(name: str, op: Callable, description: str) -> Task:
+    """Addition and multiplication as in Pascanu et al.'s ``addition.py``/``multiplication.py``.
+
+    Per sequence: l ~ U{T, .., T + ⌊T/10⌋ − 1}; p0 ~ U{0..⌊l/10⌋−1}; p1 ~ ⌊l/10⌋ +
+    U{0..⌊4l/10⌋−1}; values ~U[0,1]; the answer op(X0, X1) is scored at step l − 1.
+    """
+
+    def generate(key, batch_size: int, seq_len: int) -> Batch:
+        k_len, k_val, k_a, k_b = jax.random.split(key, 4)
+        steps = seq_len + _jitter(seq_len) - 1
+        length = seq_len + jax.random.randint(k_len, (batch_size,), 0, _jitter(seq_len))
+        tenth = length // 10
+        p0 = jax.random.randint(k_a, (batch_size,), 0, jnp.maximum(tenth, 1))
+        p1 = tenth + jax.random.randint(k_b, (batch_size,), 0, jnp.maximum(4 * length // 10, 1))
+        t = jnp.arange(steps)[:, None]
+        inside = t < length[None, :]
+        values = jax.random.uniform(k_val, (steps, batch_size), jnp.float32) * inside
+        at_a, at_b = t == p0[None, :], t == p1[None, :]
+        marks = (at_a | at_b).astype(jnp.float32)
+        answer = op(jnp.sum(values * at_a, axis=0), jnp.sum(values * at_b, axis=0))
+        end = (t == length[None, :] - 1)
+        targets = (end * answer[None, :])[..., None].astype(jnp.float32)
+        return Batch(jnp.stack([values, marks], axis=-1), targets, end.astype(jnp.float32))
+
+    return Task(name, 2, 1, "regression", 10, description, generate,
+                steps_fn=lambda T: T + _jitter(T) - 1)
+
+
+def _hs97_addition_task() -> Task:
+    """Hochreiter & Schmidhuber (1997) §5.4's adding problem (experiment 4).
+
+    l ~ U{T..T+⌊T/10⌋}; values ~U[−1, 1]; the first marker in the first 10 steps,
+    the second in [10, ⌊l/2⌋); target 0.5 + (X1 + X2)/4 at step l − 1; wrong when
+    |error| > 0.04. (H&S also mark the first and last steps with −1 markers' partner
+    values set to 0; that detail is left out.)
+    """
+
+    def generate(key, batch_size: int, seq_len: int) -> Batch:
+        k_len, k_val, k_a, k_b = jax.random.split(key, 4)
+        steps = seq_len + seq_len // 10
+        length = seq_len + jax.random.randint(k_len, (batch_size,), 0, seq_len // 10 + 1)
+        p0 = jax.random.randint(k_a, (batch_size,), 0, 10)
+        p1 = jax.random.randint(k_b, (batch_size,), 10, jnp.maximum(length // 2, 11))
+        t = jnp.arange(steps)[:, None]
+        values = jax.random.uniform(k_val, (steps, batch_size), jnp.float32, -1.0, 1.0)
+        values = values * (t < length[None, :])
+        at_a, at_b = t == p0[None, :], t == p1[None, :]
+        answer = 0.5 + (jnp.sum(values * at_a, 0) + jnp.sum(values * at_b, 0)) / 4
+        end = t == length[None, :] - 1
+        targets = (end * answer[None, :])[..., None].astype(jnp.float32)
+        inputs = jnp.stack([values, (at_a | at_b).astype(jnp.float32)], axis=-1)
+        return Batch(inputs, targets, end.astype(jnp.float32))
+
+    return Task("addition_hs97", 2, 1, "regression", 22,
+                "Hochreiter & Schmidhuber's adding problem: 0.5 + (X1+X2)/4, values in [-1, 1]",
+                generate, steps_fn=lambda T: T + T // 10, tolerance=0.04,
+                source="Hochreiter & Schmidhuber 1997, section 5.4")
+
+
 def _operand_task(name: str, op: Callable, binary: bool, windows, scale: float,
                   description: str) -> Task:
-    """Addition, multiplication and XOR: values plus a marker channel."""
+    """XOR: values plus a marker channel, fixed length."""
 
     def generate(key, batch_size: int, seq_len: int) -> Batch:
         k_val, k_a, k_b = jax.random.split(key, 3)
         wa, wb = markers(seq_len, windows, scale)
-        if binary:
-            values = jax.random.bernoulli(k_val, 0.5, (seq_len, batch_size)).astype(jnp.float32)
-        else:
-            values = jax.random.uniform(k_val, (seq_len, batch_size), jnp.float32)
+        values = jax.random.bernoulli(k_val, 0.5, (seq_len, batch_size)).astype(jnp.float32)
         at_a = _one_hot_at(_positions(k_a, batch_size, wa), seq_len)
         at_b = _one_hot_at(_positions(k_b, batch_size, wb), seq_len)
         marks = (at_a | at_b).astype(jnp.float32)
-        a = jnp.sum(values * at_a, axis=0)
-        b = jnp.sum(values * at_b, axis=0)
-        inputs = jnp.stack([values, marks], axis=-1)
-        mask = _last_step_mask(seq_len, batch_size)
-        answer = op(a, b)
-        if binary:
-            targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(
-                answer.astype(jnp.int32))
-        else:
-            targets = jnp.zeros((seq_len, batch_size, 1), jnp.float32).at[-1, :, 0].set(answer)
-        return Batch(inputs, targets, mask)
+        answer = op(jnp.sum(values * at_a, axis=0), jnp.sum(values * at_b, axis=0))
+        targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(answer.astype(jnp.int32))
+        return Batch(jnp.stack([values, marks], axis=-1), targets,
+                     _last_step_mask(seq_len, batch_size))
 
-    kind = "classification" if binary else "regression"
-    return Task(name, 2, 2 if binary else 1, kind, 10, description, generate)
+    return Task(name, 2, 2, "classification", 10, description, generate,
+                source="Martens & Sutskever 2011 (as described; not in Pascanu's code)")
 
 
 # ----------------------------------------------------------------------------- temporal order
 
-_START, _CUE = 7, 6  # the start symbol at step 0 and the "answer now" cue at the last step
+def _temporal_task(name: str, starts: tuple[float, ...]) -> Task:
+    """Temporal order as in Pascanu et al.'s ``tempOrder.py``/``tempOrder3bit.py``.
 
-
-def _temporal_task(name: str, windows) -> Task:
-    """Temporal order with len(windows) specials (X = symbol 4, Y = symbol 5)."""
-    n = len(windows)
+    Symbols 0/1 are the specials A/B, 2..5 the distractors (6 inputs); special i is
+    at a step uniform in [⌊s_i T⌋, ⌊s_i T⌋ + ⌊T/10⌋); the class is Σ_i 2^i v_i
+    (the first special is the least significant bit), scored at the last step.
+    """
+    n = len(starts)
 
     def generate(key, batch_size: int, seq_len: int) -> Batch:
         keys = jax.random.split(key, 2 * n + 1)
-        spans = markers(seq_len, windows, inclusive=True)
-        symbols = jax.random.randint(keys[0], (seq_len, batch_size), 0, 4)
-        symbols = symbols.at[0].set(_START).at[-1].set(_CUE)
+        width = max(seq_len // 10, 1)
+        symbols = jax.random.randint(keys[0], (seq_len, batch_size), 2, 6)
         label = jnp.zeros((batch_size,), jnp.int32)
-        for i, span in enumerate(spans):
-            bit = jax.random.bernoulli(keys[1 + i], 0.5, (batch_size,)).astype(jnp.int32)
-            at = _one_hot_at(_positions(keys[1 + n + i], batch_size, span), seq_len)
-            symbols = jnp.where(at, 4 + bit[None, :], symbols)
-            label = 2 * label + bit  # the first special is the most significant bit
-        inputs = jax.nn.one_hot(symbols, 8, dtype=jnp.float32)
+        for i, s in enumerate(starts):
+            lo = int(s * seq_len)
+            bit = jax.random.randint(keys[1 + i], (batch_size,), 0, 2)
+            at = _one_hot_at(_positions(keys[1 + n + i], batch_size, (lo, lo + width)), seq_len)
+            symbols = jnp.where(at, bit[None, :], symbols)
+            label = label + (2 ** i) * bit
+        inputs = jax.nn.one_hot(symbols, 6, dtype=jnp.float32)
         targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(label)
         return Batch(inputs, targets, _last_step_mask(seq_len, batch_size))
 
     description = f"temporal order of {n} specials among distractors; {2 ** n} classes"
-    return Task(name, 8, 2 ** n, "classification", 10, description, generate)
+    return Task(name, 6, 2 ** n, "classification", 10, description, generate)
 
 
 # ----------------------------------------------------------------------------- permutation
@@ -310,8 +388,33 @@ def _permutation_task(num_symbols: int = 100) -> Task:
 
 # ----------------------------------------------------------------------------- recall problems
 
+def _memorization_task(name: str, num_chars: int, char_size: int, description: str) -> Task:
+    """Noiseless memorisation as in Pascanu et al.'s ``memorization.py``.
+
+    Inputs D = char_size + 2 (the symbols, the blank, the cue); outputs O =
+    char_size + 1 (the symbols, the blank). For delay T the sequence has T + 2n
+    steps: the n symbols on [0, n), blanks on [n, T + n) and on the last n − 1
+    steps, the cue on step T + n, the first recall step; the targets are the blank
+    class except on the last n steps, which reproduce the symbols. Every step scored.
+    """
+    blank_in, cue, blank_out = char_size, char_size + 1, char_size
+
+    def generate(key, batch_size: int, seq_len: int) -> Batch:
+        n = num_chars
+        data = jax.random.randint(key, (n, batch_size), 0, char_size)
+        symbols = jnp.full((seq_len + 2 * n, batch_size), blank_in, jnp.int32)
+        symbols = symbols.at[:n].set(data).at[seq_len + n].set(cue)
+        inputs = jax.nn.one_hot(symbols, char_size + 2, dtype=jnp.float32)
+        targets = jnp.full((seq_len + 2 * n, batch_size), blank_out, jnp.int32)
+        targets = targets.at[seq_len + n:].set(data)
+        return Batch(inputs, targets, jnp.ones((seq_len + 2 * n, batch_size), jnp.float32))
+
+    return Task(name, char_size + 2, char_size + 1, "classification", 1, description, generate,
+                steps_fn=lambda T: T + 2 * num_chars)
+
+
 def _recall_task(name: str, num_chars: int, char_size: int, description: str) -> Task:
-    """Noiseless memorisation / copy memory.
+    """Copy memory (Arjovsky et al. 2016), ``seq_len`` the total length.
 
     Inputs D = char_size + 2: the symbols, then the cue, then the blank. Outputs
     O = char_size + 1: the symbols, then the blank. Layout of a sequence of T
@@ -330,7 +433,7 @@ def _recall_task(name: str, num_chars: int, char_size: int, description: str) ->
         return Batch(inputs, targets, jnp.ones((seq_len, batch_size), jnp.float32))
 
     return Task(name, char_size + 2, char_size + 1, "classification", 2 * num_chars + 1,
-                description, generate)
+                description, generate, source="Arjovsky, Shah & Bengio 2016")
 
 
 # ----------------------------------------------------------------------------- parity
@@ -343,35 +446,40 @@ def _parity_task() -> Task:
                      jnp.ones((seq_len, batch_size), jnp.float32))
 
     return Task("parity", 1, 2, "classification", 1,
-                "running parity: at every step the parity of the bits so far", generate)
+                "running parity: at every step the parity of the bits so far", generate,
+                source="a teaching problem")
 
 
 # ----------------------------------------------------------------------------- registry
 
 TASKS: dict[str, Task] = {
-    "addition": _operand_task(
-        "addition", lambda a, b: a + b, False, ((1, 10), (10, 50)), 100.0,
-        "sum of the two marked values ~U[0,1], answered at the last step"),
-    "multiplication": _operand_task(
-        "multiplication", lambda a, b: a * b, False, ((1, 10), (10, 50)), 100.0,
-        "product of the two marked values ~U[0,1], answered at the last step"),
+    "addition": _pascanu_operand_task(
+        "addition", lambda a, b: (a + b) / 2,
+        "mean of the two marked values ~U[0,1], answered at each sequence's last step"),
+    "multiplication": _pascanu_operand_task(
+        "multiplication", lambda a, b: a * b,
+        "product of the two marked values ~U[0,1], answered at each sequence's last step"),
     "xor": _operand_task(
         "xor", lambda a, b: jnp.logical_xor(a > 0.5, b > 0.5), True, ((1, 10), (15, 25)), 50.0,
         "XOR of the two marked bits, answered at the last step"),
-    "temporal_order": _temporal_task("temporal_order", ((1, 10), (40, 50))),
-    "temporal_order3": _temporal_task("temporal_order3", ((1, 10), (30, 40), (50, 60))),
+    "temporal_order": _temporal_task("temporal_order", (0.1, 0.5)),
+    "temporal_order3": _temporal_task("temporal_order3", (0.1, 0.3, 0.6)),
     "permutation": _permutation_task(),
-    "memorization5": _recall_task(
-        "memorization5", 5, 2, "reproduce 5 binary symbols after a blank stretch"),
-    "memorization20": _recall_task(
-        "memorization20", 10, 5, "reproduce 10 symbols of 5 values after a blank stretch"),
+    "memorization5": _memorization_task(
+        "memorization5", 5, 2, "reproduce 5 binary symbols after T blank steps"),
+    "memorization20": _memorization_task(
+        "memorization20", 10, 5, "reproduce 10 symbols of 5 values after T blank steps"),
     "copy": _recall_task(
         "copy", 10, 8, "copy memory: reproduce 10 symbols of 8 after a delimiter"),
     "parity": _parity_task(),
+    "addition_hs97": _hs97_addition_task(),
 }
 TASK_NAMES = tuple(TASKS)
 # The long-term-dependency problems (parity is a teaching problem, not one of them).
 LONG_MEMORY_TASKS = tuple(n for n in TASK_NAMES if n != "parity")
+# The eight problems of Martens & Sutskever (2011) and Pascanu et al. (2013).
+PAPER_TASKS = ("addition", "multiplication", "xor", "temporal_order", "temporal_order3",
+               "permutation", "memorization5", "memorization20")
 
 
 def get(name: str) -> Task:
