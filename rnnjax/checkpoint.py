@@ -11,27 +11,46 @@ Orbax writes each checkpoint into a temporary directory and renames it when it
 is complete, so a run killed while saving leaves no half-written checkpoint
 that a restart could pick up: :func:`restore_latest` only sees finished ones.
 
+Integrity: :func:`save` refuses a state with a NaN or Inf (``NonFiniteError``)
+and writes a SHA-256 fingerprint of the state's values into the checkpoint's
+metadata. A restore verifies that the values come back finite and with the same
+fingerprint; :func:`restore_latest` falls back to the newest checkpoint that
+verifies, with one warning line per checkpoint it skipped (a truncated or
+flipped data file, a missing or zeroed metadata file, a directory that only
+looks like a checkpoint). When training (``quarantine=True``) the skipped ones
+are moved to ``workdir/checkpoints.unusable/`` (kept, not deleted) so that they
+cannot block later saves. If none verifies, ``CheckpointError`` says so in one
+line; nothing is moved.
+
 Functions:
   ``manager(workdir, keep=3) -> ocp.CheckpointManager``
   ``save(manager, step, state)``; ``restore_latest(manager, template) -> state | None``
   ``restore(workdir, template, step=None) -> state`` (one-shot, e.g. for evaluation)
-  ``latest_step(workdir) -> int | None``
+  ``latest_step(workdir) -> int | None``; ``fingerprint(state) -> str``
   ``save_json(workdir, name, obj)`` / ``load_json(workdir, name)`` (atomic writes)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from rnnjax.errors import CheckpointError, NonFiniteError
 
 PyTree = Any
 
 CHECKPOINT_DIR = "checkpoints"
+UNUSABLE_DIR = "checkpoints.unusable"
+FINGERPRINT_KEY = "rnnjax_sha256"
 
 
 def manager(workdir: str, *, keep: int | None = 3) -> ocp.CheckpointManager:
@@ -43,9 +62,63 @@ def manager(workdir: str, *, keep: int | None = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _host_leaves(state: PyTree) -> list[tuple[str, np.ndarray]]:
+    """``[(path, numpy value)]`` of ``state``'s leaves; PRNG keys as their key data."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        out.append((jax.tree_util.keystr(path), np.asarray(jax.device_get(leaf))))
+    return out
+
+
+def _fingerprint(leaves: list[tuple[str, np.ndarray]]) -> str:
+    digest = hashlib.sha256()
+    for _, a in leaves:
+        # Canonical dtypes: the same values give the same digest however they
+        # are stored (float32 on save, float32 or float64 on restore).
+        if np.issubdtype(a.dtype, np.complexfloating):
+            a = a.astype(np.complex128)
+        elif np.issubdtype(a.dtype, np.floating) or a.dtype.kind == "V":
+            a = a.astype(np.float64)
+        elif np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+            a = a.astype(np.int64)
+        digest.update(repr(a.shape).encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(state: PyTree) -> str:
+    """SHA-256 (hex) of the values of ``state``'s leaves, in flattening order."""
+    return _fingerprint(_host_leaves(state))
+
+
+def _non_finite(leaves: list[tuple[str, np.ndarray]]) -> list[str]:
+    return [path for path, a in leaves
+            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a))]
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: PyTree) -> None:
-    """Save ``state`` as checkpoint ``step`` (asynchronously; atomic on finish)."""
-    mngr.save(int(step), args=ocp.args.StandardSave(state))
+    """Save ``state`` as checkpoint ``step`` (asynchronously; atomic on finish).
+
+    Raises NonFiniteError (nothing written) if any value of ``state`` is NaN or Inf.
+    """
+    leaves = _host_leaves(state)
+    bad = _non_finite(leaves)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise NonFiniteError(f"refusing to save checkpoint {step} in {mngr.directory}: "
+                             f"non-finite values in {shown}; the earlier checkpoints are kept")
+    mngr.save(int(step), args=ocp.args.StandardSave(state),
+              custom_metadata={FINGERPRINT_KEY: _fingerprint(leaves)})
+
+
+class _Unusable(Exception):
+    """A checkpoint that cannot be read or does not verify (the message says why)."""
+
+
+class _Mismatch(ValueError):
+    """A checkpoint that reads fine but does not fit this run's state."""
 
 
 def _check_matches(template: PyTree, restored: PyTree, where: str) -> None:
@@ -53,38 +126,97 @@ def _check_matches(template: PyTree, restored: PyTree, where: str) -> None:
     t_leaves, t_def = jax.tree.flatten(template)
     r_leaves, r_def = jax.tree.flatten(restored)
     if t_def != r_def:
-        raise ValueError(f"checkpoint {where} has a different structure than the state this run "
-                         f"builds; use a fresh --workdir for a different configuration.\n"
-                         f"checkpoint: {r_def}\nthis run:   {t_def}")
+        raise _Mismatch(f"checkpoint {where} has a different structure than the state this run "
+                        f"builds; use a fresh --workdir for a different configuration.\n"
+                        f"checkpoint: {r_def}\nthis run:   {t_def}")
     for i, (t, r) in enumerate(zip(t_leaves, r_leaves)):
         if np.shape(t) != np.shape(r):
             path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(template)[0][i][0])
-            raise ValueError(f"checkpoint {where}: leaf {path} has shape {np.shape(r)} but this run "
-                             f"expects {np.shape(t)}; use a fresh --workdir for a different "
-                             "configuration (e.g. another --hidden).")
+            raise _Mismatch(f"checkpoint {where}: leaf {path} has shape {np.shape(r)} but this "
+                            f"run expects {np.shape(t)}; use a fresh --workdir for a different "
+                            "configuration (e.g. another --hidden).")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, template: PyTree) -> PyTree | None:
-    """The latest finished checkpoint restored into the structure of ``template``.
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
-    Returns None if there is none. Raises ValueError (naming the checkpoint
-    directory) when the checkpoint does not fit ``template``.
-    """
-    step = mngr.latest_step()
-    if step is None:
-        return None
+
+def _restore_verified(mngr: ocp.CheckpointManager, step: int, template: PyTree) -> PyTree:
+    """Checkpoint ``step`` restored and verified; _Unusable or _Mismatch if not."""
     where = os.path.join(str(mngr.directory), str(step))
     try:
         restored = mngr.restore(step, args=ocp.args.StandardRestore(template))
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"could not restore checkpoint {where} into this run's state "
-                         f"(a different configuration?): {e}") from e
+        # Also what a different configuration gives: the message says both.
+        raise _Mismatch(f"could not restore checkpoint {where} into this run's state "
+                        f"(a different configuration, or a damaged file?): "
+                        f"{_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - any reader failure means "unusable"
+        raise _Unusable(f"unreadable ({_first_line(e)})") from None
     _check_matches(template, restored, where)
+    leaves = _host_leaves(restored)
+    bad = _non_finite(leaves)
+    if bad:
+        raise _Unusable(f"non-finite values in {', '.join(bad[:3])}")
+    try:
+        custom = mngr.metadata(step).custom_metadata or {}
+    except Exception as e:  # noqa: BLE001
+        raise _Unusable(f"unreadable metadata ({_first_line(e)})") from None
+    expected = custom.get(FINGERPRINT_KEY)
+    if expected is not None and expected != _fingerprint(leaves):
+        raise _Unusable("checksum mismatch: its data changed after it was written")
     return restored
 
 
+def _quarantine(mngr: ocp.CheckpointManager, step: int) -> str:
+    """Move checkpoint ``step`` out of the manager's sight; return where it went."""
+    root = os.path.dirname(str(mngr.directory))
+    dest_dir = os.path.join(root, UNUSABLE_DIR)
+    os.makedirs(dest_dir, exist_ok=True)
+    dest, n = os.path.join(dest_dir, str(step)), 1
+    while os.path.exists(dest):
+        dest, n = os.path.join(dest_dir, f"{step}.{n}"), n + 1
+    shutil.move(os.path.join(str(mngr.directory), str(step)), dest)
+    mngr.reload()
+    return dest
+
+
+def restore_latest(mngr: ocp.CheckpointManager, template: PyTree, *,
+                   quarantine: bool = False) -> PyTree | None:
+    """The newest checkpoint that restores into ``template``'s structure and verifies.
+
+    Returns None if there is no checkpoint. Skipped checkpoints are named in a
+    warning (and moved to ``checkpoints.unusable/`` with ``quarantine``).
+    Raises ValueError when the checkpoints do not fit ``template`` (another
+    configuration), CheckpointError when none verifies.
+    """
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+        return None
+    failures: list[tuple[int, Exception]] = []
+    for step in steps:
+        try:
+            restored = _restore_verified(mngr, step, template)
+        except (_Unusable, _Mismatch) as e:
+            failures.append((step, e))
+            continue
+        for bad_step, reason in failures:
+            where = os.path.join(str(mngr.directory), str(bad_step))
+            moved = f"; moved to {_quarantine(mngr, bad_step)}" if quarantine else ""
+            warnings.warn(f"checkpoint {where} is unusable ({reason}): using step {step} "
+                          f"instead{moved}", stacklevel=2)
+        return restored
+    mismatches = [e for _, e in failures if isinstance(e, _Mismatch)]
+    if mismatches and len(mismatches) == len(failures):
+        raise ValueError(str(mismatches[0]))
+    listed = "; ".join(f"step {s}: {e}" for s, e in failures)
+    raise CheckpointError(f"no checkpoint in {mngr.directory} can be restored ({listed}); "
+                          "nothing was changed: move that directory away to start afresh")
+
+
 def restore(workdir: str, template: PyTree, step: int | None = None) -> PyTree:
-    """Restore checkpoint ``step`` (default: the latest) of ``workdir``."""
+    """Restore checkpoint ``step`` (default: the newest that verifies) of ``workdir``."""
     mngr = manager(workdir, keep=None)
     try:
         if step is None:
@@ -96,9 +228,12 @@ def restore(workdir: str, template: PyTree, step: int | None = None) -> PyTree:
             raise FileNotFoundError(f"no checkpoint for step {step} in "
                                     f"{os.path.join(workdir, CHECKPOINT_DIR)}; "
                                     f"steps there: {sorted(mngr.all_steps())}")
-        restored = mngr.restore(step, args=ocp.args.StandardRestore(template))
-        _check_matches(template, restored, f"{workdir} step {step}")
-        return restored
+        try:
+            return _restore_verified(mngr, step, template)
+        except _Mismatch as e:
+            raise ValueError(str(e)) from None
+        except _Unusable as e:
+            raise CheckpointError(f"checkpoint {step} of {workdir} is unusable ({e})") from None
     finally:
         mngr.close()
 

@@ -102,7 +102,6 @@ configurations) go through the same loop: their metrics are logged as lists.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Iterable, NamedTuple
@@ -113,16 +112,18 @@ import numpy as np
 import optax
 
 from rnnjax import checkpoint as ckpt
+from rnnjax import errors
+from rnnjax import metrics as metrics_file_io
+from rnnjax import workdir as workdir_safety
+from rnnjax.optim import transforms
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
 StepFn = Callable[["TrainState", Any], tuple["TrainState", Metrics]]
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = metrics_file_io.FILE
 
-
-class NonFiniteError(FloatingPointError):
-    """Raised by :func:`run` after too many non-finite steps in a row."""
+NonFiniteError = errors.NonFiniteError  # raised by run() after too many bad steps in a row
 
 
 class TrainState(NamedTuple):
@@ -197,8 +198,14 @@ def guarded_update(state: TrainState, new_params: PyTree, new_opt_state: PyTree,
 
     A helper for optimizers that write their own step (e.g. Hessian-free):
     compute the candidate params/opt_state, then call this to get the
-    non-finite guard and the step/bad-step counters for free.
+    non-finite guard and the step/bad-step counters for free. The candidates
+    themselves are checked too: a step whose new params, optimizer state (or
+    extra, with ``update_extra``) hold a NaN or Inf counts as non-finite, so a
+    finite loss with an infinite learning rate cannot poison the state.
     """
+    finite = finite & all_finite(new_params) & all_finite(new_opt_state)
+    if update_extra:
+        finite = finite & all_finite(new_extra)
     params = _select(finite, new_params, state.params)
     opt_state = _select(finite, new_opt_state, state.opt_state)
     extra = _select(finite, new_extra, state.extra) if update_extra else state.extra
@@ -212,6 +219,8 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     clip_norm: float | None = None,
+    nan_repair: bool = False,
+    param_norms: bool = False,
     has_aux: bool = False,
     uses_extra: bool = False,
 ) -> StepFn:
@@ -222,17 +231,28 @@ def make_train_step(
         ``-> (loss, aux)`` with ``has_aux``; with ``uses_extra``,
         ``loss_fn(params, extra, batch, key) -> (loss, (new_extra, aux))``.
         ``aux`` is a dict of scalar metrics (or None).
-      optimizer: any optax ``GradientTransformation``.
+      optimizer: any optax ``GradientTransformation``. Clipping and the NaN/Inf
+        repair are best chained into it (:func:`rnnjax.optim.from_config`); their
+        ``clipped``/``repaired`` flags and running totals join the metrics.
       clip_norm: if set, gradients are rescaled to this global norm when their
-        norm exceeds it (Pascanu et al. 2013), before the optimizer.
+        norm exceeds it (Pascanu et al. 2013), before the optimizer (the same
+        transformation as in the optimizer, without a running total).
+      nan_repair: replace a NaN/Inf/huge gradient by ``0.02 · W_hh`` (Pascanu et
+        al.'s repair, :func:`rnnjax.optim.transforms.repair_nonfinite`) instead of
+        skipping the step; before clipping.
+      param_norms: add the norm of each parameter's gradient as
+        ``grad_norm/<name>`` (:func:`rnnjax.diagnostics.gradient_norm_metrics`).
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
       uses_extra: whether ``loss_fn`` reads and returns ``state.extra``.
 
     Returns:
       ``step_fn(state, batch) -> (state, metrics)``, pure and not jitted.
     """
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be a positive number or None, got {clip_norm!r}")
+    inline = []  # stateless use of the transformations, for the keyword arguments
+    if nan_repair:
+        inline.append(transforms.repair_nonfinite())
+    if clip_norm is not None:
+        inline.append(transforms.clip_by_global_norm(clip_norm))
 
     def step_fn(state: TrainState, batch: Any) -> tuple[TrainState, Metrics]:
         key = step_key(state)
@@ -245,20 +265,29 @@ def make_train_step(
             (loss, aux), new_extra = (out if has_aux else (out, None)), None
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & all_finite(grads)
-        if clip_norm is not None:
-            # Pascanu et al.: g <- theta * g / ||g|| when ||g|| >= theta.
-            scale = jnp.minimum(1.0, clip_norm / jnp.maximum(grad_norm, 1e-30))
-            grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-        # Zero the non-finite gradients before the optimizer sees them, so the
-        # discarded update cannot leave NaNs in float ops of its state either.
-        grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics = {"loss": loss, "grad_norm": grad_norm}
+        if param_norms:
+            from rnnjax import diagnostics  # plotting helpers are not needed otherwise
+            metrics.update(diagnostics.gradient_norm_metrics(grads))
+        updates = grads
+        for t in inline:
+            updates, t_state = t.update(updates, t.init(state.params), state.params)
+            metrics.update({k: v for k, v in transforms.metrics_of(t_state).items()
+                            if not k.startswith("total_")})
+        # Non-finite gradients go to the optimizer as they are: a repair in it
+        # may fix them; if not, guarded_update drops the candidate state.
+        updates, new_opt_state = optimizer.update(updates, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        new_state = guarded_update(state, new_params, new_opt_state, finite,
+        reports = transforms.metrics_of(new_opt_state)
+        repaired = jnp.asarray(metrics.get("repaired", reports.get("repaired", 0.0))) > 0
+        new_state = guarded_update(state, new_params, new_opt_state, finite | repaired,
                                    new_extra, update_extra=uses_extra)
+        # Running totals from the state kept (a rejected step's count is rolled back).
+        kept = transforms.metrics_of(new_state.opt_state)
+        metrics.update({k: kept[k] if k.startswith("total_") else v for k, v in reports.items()})
         metrics = {"loss": loss, "grad_norm": grad_norm,
-                   "finite": finite.astype(jnp.float32), "bad_steps": new_state.bad_steps}
-        metrics.update(aux or {})
+                   "finite": (new_state.bad_steps == 0).astype(jnp.float32),
+                   "bad_steps": new_state.bad_steps, **metrics, **(aux or {})}
         return new_state, metrics
 
     return step_fn
@@ -286,41 +315,21 @@ def evaluate(eval_step: Callable[[PyTree, Any], Metrics], params: PyTree,
 # ----------------------------------------------------------------------------
 # The loop.
 
-def _to_json(x: Any) -> Any:
-    arr = np.asarray(x)
-    if arr.ndim == 0:
-        v = arr.item()
-        return v if not isinstance(v, float) or math.isfinite(v) else str(v)
-    return [_to_json(a) for a in arr]
+_to_json = metrics_file_io.to_json
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All records of ``workdir/metrics.jsonl`` (empty if there is none)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: nothing after it is valid
-    return records
+    """All valid records of ``workdir/metrics.jsonl`` (:func:`rnnjax.metrics.read`)."""
+    return metrics_file_io.read(workdir)
 
 
-def _truncate_metrics(workdir: str, last_step: int) -> list[dict[str, Any]]:
-    """Drop records after ``last_step`` (logged by a run that was then killed)."""
-    kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-    path = os.path.join(workdir, METRICS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in kept:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-    return kept
+def _display(value: Any) -> float:
+    """A logged metric (a float, ``"nan"``, or a list of them for a sweep) as one float."""
+    return float(np.mean(np.asarray(value, dtype=np.float64)))
+
+
+def _streak(state: TrainState) -> int:
+    return int(np.max(np.asarray(jax.device_get(state.bad_steps))))
 
 
 def _is_boundary(step: int, every: int | None) -> bool:
@@ -364,13 +373,28 @@ def run(
 
     manager = None
     history: list[dict[str, Any]] = []
+    restored = None
     if workdir is not None:
+        workdir_safety.check_free(workdir)
         os.makedirs(workdir, exist_ok=True)
         manager = ckpt.manager(workdir, keep=keep)
-        restored = ckpt.restore_latest(manager, state)
+        try:
+            restored = ckpt.restore_latest(manager, state, quarantine=True)
+        except BaseException:
+            manager.close()
+            raise
         if restored is not None:
             state = restored
-        history = _truncate_metrics(workdir, int(np.max(np.asarray(state.step))))
+    if restored is None and not bool(all_finite(state)):
+        bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+               if jnp.issubdtype(jnp.result_type(x), jnp.inexact) and not bool(jnp.all(jnp.isfinite(x)))]
+        if manager is not None:
+            manager.close()
+        raise NonFiniteError(f"the initial state has non-finite values in {', '.join(bad[:4])}: "
+                             "nothing was trained or written; check the initialisation settings "
+                             "(e.g. a scale, radius or rate that is inf or nan)")
+    if workdir is not None:
+        history = metrics_file_io.truncate(workdir, int(np.max(np.asarray(state.step))))
 
     jitted = jax.jit(step_fn) if jit else step_fn
     start = int(np.max(np.asarray(state.step)))
@@ -379,25 +403,34 @@ def run(
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, dynamic_ncols=True, smoothing=0.1)
 
-    metrics_file = open(os.path.join(workdir, METRICS_FILE), "a") if workdir else None
+    last_saved = manager.latest_step() if manager is not None else None
+    writing = "metrics.jsonl"
+
+    def kept() -> str:
+        if workdir is None:
+            return "nothing was written (no workdir)"
+        where = (f"checkpoint {last_saved}" if last_saved is not None else "no checkpoint yet")
+        return f"{workdir!r} keeps {where} and the metrics up to it"
+
+    metrics_file = None
     window: list[Metrics] = []
     t_window = time.perf_counter()
     t_start = time.time()
     try:
+        metrics_file = open(metrics_file_io.path_of(workdir), "a") if workdir else None
         for s in range(start, steps):
             state, metrics = jitted(state, batch_fn(s))
             window.append(metrics)  # fetched at the next record: no sync per step
             if bar is not None:
                 bar.update(1)  # tqdm redraws at most every 0.1 s
             done = s + 1
-            if max_bad_steps is not None:
-                streak = int(np.max(np.asarray(jax.device_get(state.bad_steps))))
-                if streak >= max_bad_steps:
-                    raise NonFiniteError(
-                        f"{streak} non-finite steps in a row (loss or gradient NaN/Inf) at step "
-                        f"{done}: stopping (max_bad_steps={max_bad_steps}). The updates were "
-                        "skipped and the last good checkpoint in "
-                        f"{workdir!r} is kept. Lower --learning_rate or set --clip_norm.")
+            if max_bad_steps is not None and _streak(state) >= max_bad_steps:
+                raise NonFiniteError(
+                    f"{_streak(state)} non-finite steps in a row (loss, gradient or updated "
+                    f"parameters NaN/Inf) at step {done}, so the run stopped "
+                    f"(max_bad_steps={max_bad_steps}); those updates were skipped and "
+                    f"{kept()}. Lower --learning_rate, set --clip_norm or --nan_repair, "
+                    "and run again")
             stop = stop_fn is not None and bool(stop_fn(state))
             last = done == steps or stop
             is_ckpt = (manager is not None and checkpoint_every is not None
@@ -424,27 +457,53 @@ def run(
             if evaluated and after_eval is not None:
                 state = after_eval(state, history)
             if metrics_file:
+                writing = f"the metrics of step {done}"
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
             if on_log is not None:
                 on_log(record)
             if bar is not None:
-                loss = record["loss"]
-                loss_str = f"{loss:.4g}" if isinstance(loss, float) else f"{np.mean(loss):.4g} (mean)"
-                bar.set_postfix_str(f"loss={loss_str} {record['steps_per_sec']:.1f} steps/s")
+                # Non-finite values are logged as strings ("nan"): convert back.
+                loss = _display(record["loss"])
+                mean = "" if np.ndim(record["loss"]) == 0 else " (mean)"
+                bar.set_postfix_str(f"loss={loss:.4g}{mean} {record['steps_per_sec']:.1f} steps/s")
             # Never write a checkpoint inside a bad streak: it would push the
             # last good one out of the kept set.
-            if is_ckpt and int(np.max(np.asarray(jax.device_get(state.bad_steps)))) == 0:
+            if is_ckpt and _streak(state) == 0:
+                writing = f"checkpoint {done}"
                 ckpt.save(manager, done, state)
+                last_saved = done
             window, t_window = [], time.perf_counter()
             if stop:
                 break
+    except OSError as e:
+        full = errors.disk_full(e, f"{writing} in {workdir!r}", kept())
+        if full is None:
+            raise
+        raise full from e
     finally:
         if bar is not None:
             bar.close()
         if metrics_file:
-            metrics_file.close()
+            try:
+                metrics_file.close()
+            except OSError:
+                pass  # a failed flush of a full disk: reported above or below
         if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+            _finish_saves(manager, workdir)
     return state, history
+
+
+def _finish_saves(manager: Any, workdir: str | None) -> None:
+    """Wait for the pending asynchronous save; a full disk becomes DiskFullError."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax may wrap the OSError
+        full = errors.disk_full(e, f"a checkpoint in {workdir!r}",
+                                "the earlier checkpoints are kept and the unfinished one is "
+                                "ignored on resume")
+        if full is None:
+            raise
+        raise full from e
+    finally:
+        manager.close()
