@@ -11,10 +11,16 @@ The model is split in two so that the curvature is exact and positive semi-defin
   squared error); with ``net_returns_hidden=True`` it returns ``(outputs, hiddens)``
   where ``hiddens`` (e.g. ``hs`` [T, B, H]) are the states that structural damping
   penalises.
-* an :class:`OutputLoss`: ``loss(outputs, batch) -> scalar`` and its Hessian with
-  respect to the outputs as a closed-form product ``hessian_vp(outputs, batch, v)``
-  for the matching pairs softmax + cross-entropy, logistic + binary cross-entropy,
-  linear + squared error.
+* an :class:`OutputLoss` (:mod:`rnnjax.optim.hf_losses`): ``loss(outputs, batch)
+  -> scalar`` and its Hessian with respect to the outputs as a closed-form product
+  ``hessian_vp(outputs, batch, v)`` for the matching pairs softmax + cross-entropy,
+  logistic + binary cross-entropy, linear + squared error.
+
+CG, backtracking, the damping rule and the line search are in
+:mod:`rnnjax.optim.cg`; :mod:`rnnjax.models.hf` adapts a model with a readout at
+every step to this optimizer. Everything follows the params' dtype: with float64
+params (``jax_enable_x64``) losses, curvature products, the structural term and
+CG run in float64.
 
 The Gauss–Newton product is ``G v = Jᵀ H_L J v``: ``J v`` by forward mode
 (``jax.linearize``, once per update, so each CG iteration reuses the stored
@@ -37,6 +43,11 @@ One update (:func:`hessian_free` ``.update``), following Martens (2010) §4:
    Levenberg–Marquardt rule (ρ < ¼: λ·3/2; ρ > ¾: λ·2/3);
 6. a backtracking (Armijo) line search on the final step: rate 1, 0.8, 0.8², …
    until f(θ + rate·p) ≤ f(θ) + 0.01·rate·gᵀp; no step if none passes.
+
+Steps 4–6 score the loss on the gradient batch, or on a separate ``eval_batch``
+when one is passed (Martens & Sutskever 2011 used fresh 1,000-sequence batches
+for the curvature and for backtracking and line search, and 10,000 sequences
+for the gradient: :func:`martens2011`).
 
     >>> hf = hessian_free(net, softmax_cross_entropy(), max_cg_iters=50)
     >>> opt_state = hf.init(params)
@@ -64,150 +75,45 @@ Hessian-free optimization", Neural Networks: Tricks of the Trade, 2012.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from rnnjax import losses
+from rnnjax.optim.cg import (CGResult, backtrack, conjugate_gradient, line_search, save_schedule,
+                             update_damping)
+from rnnjax.optim.hf_losses import (OutputLoss, autodiff_loss, sigmoid_cross_entropy,
+                                    softmax_cross_entropy, squared_error)
 
 PyTree = Any
 Batch = Any
 Array = jax.Array
 
 __all__ = [
+    # re-exported from rnnjax.optim.hf_losses and rnnjax.optim.cg
     "OutputLoss",
     "softmax_cross_entropy",
     "sigmoid_cross_entropy",
     "squared_error",
     "autodiff_loss",
-    "gauss_newton_operator",
     "CGResult",
     "conjugate_gradient",
     "save_schedule",
     "backtrack",
     "update_damping",
     "line_search",
+    # this module
+    "gauss_newton_operator",
     "HFState",
     "HessianFree",
     "hessian_free",
+    "Protocol",
+    "martens2011",
     "take_examples",
     "make_train_step",
 ]
-
-
-# ----------------------------------------------------------------------------
-# Losses on outputs with their Hessian-vector products in closed form.
-# ----------------------------------------------------------------------------
-
-class OutputLoss(NamedTuple):
-    """A loss on the network's outputs and the product of its Hessian with a vector.
-
-    loss: ``loss(outputs, batch) -> scalar``.
-    hessian_vp: ``hessian_vp(outputs, batch, v) -> H_L v`` (v and H_L v shaped
-      like ``outputs``), H_L the Hessian of ``loss`` with respect to ``outputs``.
-    """
-
-    name: str
-    loss: Callable[[Array, Batch], Array]
-    hessian_vp: Callable[[Array, Batch, Array], Array]
-
-
-def _default_targets(batch: Batch) -> Array:
-    """``batch["targets"]`` for a dict, ``batch.targets`` otherwise (e.g. synthetic.Batch)."""
-    return batch["targets"] if isinstance(batch, dict) else batch.targets
-
-
-def _default_mask(batch: Batch) -> Array | None:
-    """``batch.get("mask")`` for a dict, ``batch.mask`` (or None) otherwise."""
-    return batch.get("mask") if isinstance(batch, dict) else getattr(batch, "mask", None)
-
-
-def _position_weights(mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
-    """Weights w (broadcast to ``shape``) with loss = Σ w·ℓ: mask / number counted."""
-    if mask is None:
-        m = jnp.ones(shape, dtype)
-    else:
-        mask = jnp.asarray(mask)
-        if mask.ndim > len(shape):
-            raise ValueError(f"mask has shape {mask.shape}, more axes than the outputs' "
-                             f"per-position shape {shape}")
-        m = jnp.broadcast_to(mask.astype(dtype).reshape(mask.shape + (1,) * (len(shape) - mask.ndim)),
-                             shape)
-    return m / jnp.maximum(jnp.sum(m), 1.0)
-
-
-def softmax_cross_entropy(targets: Callable[[Batch], Array] = _default_targets,
-                          mask: Callable[[Batch], Array | None] = _default_mask) -> OutputLoss:
-    """Softmax outputs with cross-entropy: mean nats over unmasked positions.
-
-    outputs: logits [..., V]; targets [...] ints; mask broadcastable to [...].
-    H_L v = w ⊙ (p ⊙ v − p (pᵀv)) per position, p = softmax(logits), w = mask / count.
-    """
-
-    def loss(outputs, batch):
-        return losses.cross_entropy(outputs, targets(batch), mask(batch))
-
-    def hessian_vp(outputs, batch, v):
-        p = jax.nn.softmax(outputs.astype(jnp.float32), axis=-1)
-        w = _position_weights(mask(batch), outputs.shape[:-1], p.dtype)[..., None]
-        return (w * (p * v - p * jnp.sum(p * v, axis=-1, keepdims=True))).astype(v.dtype)
-
-    return OutputLoss("softmax_cross_entropy", loss, hessian_vp)
-
-
-def sigmoid_cross_entropy(targets: Callable[[Batch], Array] = _default_targets,
-                          mask: Callable[[Batch], Array | None] = _default_mask) -> OutputLoss:
-    """Logistic outputs with binary cross-entropy: mean nats over unmasked elements.
-
-    outputs: logits [...]; targets [...] in {0, 1}; mask broadcastable to [...].
-    H_L v = w ⊙ σ(z)(1 − σ(z)) ⊙ v, w = mask / count.
-    """
-
-    def loss(outputs, batch):
-        return losses.sigmoid_binary_cross_entropy(outputs, targets(batch), mask(batch))
-
-    def hessian_vp(outputs, batch, v):
-        s = jax.nn.sigmoid(outputs.astype(jnp.float32))
-        w = _position_weights(mask(batch), outputs.shape, s.dtype)
-        return (w * s * (1.0 - s) * v).astype(v.dtype)
-
-    return OutputLoss("sigmoid_cross_entropy", loss, hessian_vp)
-
-
-def squared_error(targets: Callable[[Batch], Array] = _default_targets,
-                  mask: Callable[[Batch], Array | None] = _default_mask) -> OutputLoss:
-    """Linear outputs with squared error: mean of (z − y)² over unmasked elements.
-
-    outputs [..., D] (or [...]); H_L v = 2 w ⊙ v, w = mask / count (the Hessian is
-    constant, so here Gauss–Newton is the exact Hessian of the network's loss
-    only where the network is linear in its params).
-    """
-
-    def loss(outputs, batch):
-        return losses.squared_error(outputs, targets(batch), mask(batch))
-
-    def hessian_vp(outputs, batch, v):
-        w = _position_weights(mask(batch), outputs.shape, jnp.float32)
-        return (2.0 * w * v).astype(v.dtype)
-
-    return OutputLoss("squared_error", loss, hessian_vp)
-
-
-def autodiff_loss(loss: Callable[[Array, Batch], Array], name: str = "autodiff") -> OutputLoss:
-    """Any loss on outputs, with H_L v by forward-over-reverse differentiation.
-
-    Exact, but positive semi-definite only when ``loss`` is convex in the outputs;
-    prefer the closed forms above for the matching pairs.
-    """
-
-    def hessian_vp(outputs, batch, v):
-        return jax.jvp(lambda o: jax.grad(loss)(o, batch), (outputs,), (v,))[1]
-
-    return OutputLoss(name, loss, hessian_vp)
 
 
 # ----------------------------------------------------------------------------
@@ -258,7 +164,7 @@ def gauss_newton_operator(
         j_out, j_hid = jvp_fn(v)
         h_out = output_loss.hessian_vp(outputs, batch, j_out)
         if net_returns_hidden:
-            scale = jnp.asarray(structural_weight, jnp.float32) * inv_count
+            scale = jnp.asarray(structural_weight, flat.dtype) * inv_count
             h_hid = jax.tree.map(lambda t: (scale * t).astype(t.dtype), j_hid)
         else:
             h_hid = None
@@ -266,172 +172,6 @@ def gauss_newton_operator(
         return res
 
     return (outputs, hiddens) if net_returns_hidden else outputs, gv, unravel
-
-
-# ----------------------------------------------------------------------------
-# Conjugate gradient with Martens' stopping rule and saved iterates.
-# ----------------------------------------------------------------------------
-
-def save_schedule(max_iters: int, gap: float = 1.3) -> tuple[int, ...]:
-    """The iterations (1-based) at which CG keeps its iterate: ceil(gap^k) ≤ max_iters."""
-    if not gap > 1.0:
-        raise ValueError(f"backtrack gap must be > 1, got {gap!r}")
-    its, s = [], 1.0
-    while math.ceil(s) <= max_iters:
-        i = math.ceil(s)
-        if not its or its[-1] != i:
-            its.append(i)
-        s *= gap
-    return tuple(its)
-
-
-class CGResult(NamedTuple):
-    """What :func:`conjugate_gradient` returns.
-
-    x: [n] the last iterate. iters: int [] iterations run.
-    saved: [K + 1, n] iterates at ``save_schedule`` iterations, then the last one.
-    saved_iters: int [K + 1] the iteration of each row (-1 where never reached).
-    phi: [max_iters + 1] the quadratic objective ½xᵀAx − bᵀx after each iteration
-      (index 0 is the start; entries after ``iters`` are 0).
-    """
-
-    x: Array
-    iters: Array
-    saved: Array
-    saved_iters: Array
-    phi: Array
-
-
-def conjugate_gradient(
-    matvec: Callable[[Array], Array],
-    b: Array,
-    x0: Array,
-    *,
-    max_iters: int,
-    tol: float = 5e-4,
-    min_progress_window: int = 10,
-    preconditioner: Array | None = None,
-    backtrack_gap: float = 1.3,
-) -> CGResult:
-    """(Preconditioned) CG on A x = b for symmetric positive-definite A, as a while loop.
-
-    Stops after ``max_iters`` or by Martens' (2010) relative-progress rule: at
-    iteration i, with k = max(min_progress_window, ⌊0.1 i⌋), stop when i > k,
-    φ(x_i) < 0 and (φ(x_i) − φ(x_{i−k})) / φ(x_i) < k·tol, where φ(x) = ½xᵀAx − bᵀx
-    (tracked for free as −½ xᵀ(b + r), r = b − Ax). Also stops if a direction has
-    non-positive or non-finite curvature (A is then not positive-definite).
-
-    Args:
-      matvec: x [n] -> A x [n].
-      b, x0: [n] right-hand side and starting point.
-      preconditioner: optional [n] positive diagonal M (CG then works on M⁻¹A).
-      backtrack_gap: iterates are kept at iterations ceil(gap^k) (for backtracking).
-    """
-    if not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters (--cg_iters) must be a positive integer, got {max_iters!r}")
-    schedule = save_schedule(max_iters, backtrack_gap)
-    n_slots = len(schedule) + 1  # + the last iterate
-    slot_of = np.full(max_iters + 1, n_slots, np.int32)  # n_slots: a scratch row
-    for k, i in enumerate(schedule):
-        slot_of[i] = k
-    slot_of = jnp.asarray(slot_of)
-    inv_m = None if preconditioner is None else 1.0 / preconditioner
-
-    def precond(r):
-        return r if inv_m is None else r * inv_m
-
-    r0 = b - matvec(x0)
-    y0 = precond(r0)
-    phi = jnp.zeros((max_iters + 1,), b.dtype).at[0].set(-0.5 * jnp.vdot(x0, b + r0))
-    saved = jnp.zeros((n_slots + 1, b.shape[0]), b.dtype)
-    saved_iters = jnp.full((n_slots + 1,), -1, jnp.int32)
-    init = (jnp.int32(0), x0, r0, y0, y0, jnp.vdot(r0, y0), phi, saved, saved_iters, jnp.bool_(False))
-
-    def cond(c):
-        i, *_, stop = c
-        return (i < max_iters) & ~stop
-
-    def body(c):
-        i, x, r, y, p, ry, phi, saved, saved_iters, _ = c
-        ap = matvec(p)
-        pap = jnp.vdot(p, ap)
-        ok = (pap > 0) & jnp.isfinite(pap)
-        alpha = jnp.where(ok, ry / jnp.where(ok, pap, 1.0), 0.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        y = precond(r)
-        ry_new = jnp.vdot(r, y)
-        p = y + (ry_new / jnp.where(ry == 0, 1.0, ry)) * p
-        i = i + 1
-        phi_i = -0.5 * jnp.vdot(x, b + r)
-        phi = phi.at[i].set(phi_i)
-        slot = slot_of[i]
-        saved = saved.at[slot].set(x)
-        saved_iters = saved_iters.at[slot].set(i)
-        k = jnp.maximum(min_progress_window, (i // 10))
-        phi_k = phi[jnp.maximum(i - k, 0)]
-        converged = (i > k) & (phi_i < 0) & ((phi_i - phi_k) / jnp.where(phi_i < 0, phi_i, -1.0) < k * tol)
-        return (i, x, r, y, p, ry_new, phi, saved, saved_iters, converged | ~ok)
-
-    i, x, _, _, _, _, phi, saved, saved_iters, _ = jax.lax.while_loop(cond, body, init)
-    saved = saved.at[n_slots - 1].set(x)[:n_slots]
-    saved_iters = saved_iters.at[n_slots - 1].set(i)[:n_slots]
-    return CGResult(x, i, saved, saved_iters, phi)
-
-
-def backtrack(objective: Callable[[Array], Array], result: CGResult) -> tuple[Array, Array, Array]:
-    """CG backtracking: the kept iterate with the lowest ``objective``.
-
-    Returns ``(p, objective(p), iteration of p)``. Non-finite objective values and
-    rows never reached count as +inf; ties go to the later iterate.
-    """
-    values = jax.lax.map(objective, result.saved)
-    values = jnp.where((result.saved_iters >= 0) & jnp.isfinite(values), values, jnp.inf)
-    # argmin over the reversed rows: among equal values prefer the later iterate.
-    best = values.shape[0] - 1 - jnp.argmin(values[::-1])
-    # If every value is inf (all steps blow up), fall back to the first kept iterate.
-    best = jnp.where(jnp.isfinite(values[best]), best, 0)
-    return result.saved[best], values[best], result.saved_iters[best]
-
-
-# ----------------------------------------------------------------------------
-# Damping and line search.
-# ----------------------------------------------------------------------------
-
-def update_damping(damping: Array, rho: Array, *, boost: float = 1.5, drop: float = 2.0 / 3.0,
-                   min_damping: float = 1e-8) -> Array:
-    """Levenberg–Marquardt: ρ < ¼ → λ·boost, ρ > ¾ → λ·drop, else λ (NaN ρ counts as bad)."""
-    rho = jnp.where(jnp.isnan(rho), -jnp.inf, rho)
-    factor = jnp.where(rho < 0.25, boost, jnp.where(rho > 0.75, drop, 1.0))
-    return jnp.maximum(damping * factor, min_damping)
-
-
-def line_search(objective: Callable[[Array], Array], f0: Array, slope: Array, f1: Array, *,
-                decay: float = 0.8, c: float = 1e-2, max_steps: int = 20) -> tuple[Array, Array, Array]:
-    """Backtracking (Armijo) search for a rate in {1, decay, decay², …}.
-
-    ``objective(rate) -> f(θ + rate·p)``; ``f0`` = f(θ), ``slope`` = gᵀp, ``f1`` =
-    f(θ + p) (known from backtracking). Accepts the first rate with
-    f ≤ f0 + c·rate·min(slope, 0). Returns ``(rate, f at rate, evaluations)``;
-    rate 0 (and f0) when no rate passes within ``max_steps``.
-    """
-    slope = jnp.minimum(slope, 0.0)
-
-    def bad(rate, f):  # "not <=" so that NaN is bad
-        return ~(f <= f0 + c * rate * slope)
-
-    def cond(c_):
-        k, rate, f = c_
-        return (k < max_steps) & bad(rate, f)
-
-    def body(c_):
-        k, rate, _ = c_
-        rate = rate * decay
-        return k + 1, rate, objective(rate)
-
-    k, rate, f = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.float32(1.0), f1))
-    failed = bad(rate, f)
-    return jnp.where(failed, 0.0, rate), jnp.where(failed, f0, f), k
 
 
 # ----------------------------------------------------------------------------
@@ -459,10 +199,12 @@ class HFState(NamedTuple):
 
 class HessianFree(NamedTuple):
     """``init(params) -> HFState``;
-    ``update(params, state, batch, curvature_batch) -> (params, state, info)``."""
+    ``update(params, state, batch, curvature_batch, eval_batch=None) -> (params, state, info)``
+    (``eval_batch``: where backtracking, ρ and the line search score the loss;
+    None: ``batch``)."""
 
     init: Callable[[PyTree], HFState]
-    update: Callable[[PyTree, HFState, Batch, Batch], tuple[PyTree, HFState, dict[str, Array]]]
+    update: Callable[..., tuple[PyTree, HFState, dict[str, Array]]]
 
 
 def _leaf_axes(batch: Batch, axes: Any) -> PyTree:
@@ -561,7 +303,7 @@ def hessian_free(
     def init(params: PyTree) -> HFState:
         flat, _ = ravel_pytree(params)
         z = jnp.zeros((), jnp.float32)
-        return HFState(jnp.asarray(initial_damping, jnp.float32), jnp.zeros_like(flat),
+        return HFState(jnp.asarray(initial_damping, flat.dtype), jnp.zeros_like(flat),
                        jnp.zeros((), jnp.int32), z, z, z)
 
     def diag_preconditioner(params, batch, damping):
@@ -576,17 +318,21 @@ def hessian_free(
         sq = jax.vmap(lambda e: jnp.square(one(e)), in_axes=(axes,))(batch)
         return (jnp.mean(sq, axis=0) + damping) ** 0.75
 
-    def update(params: PyTree, state: HFState, batch: Batch, curvature_batch: Batch):
+    def update(params: PyTree, state: HFState, batch: Batch, curvature_batch: Batch,
+               eval_batch: Batch | None = None):
         flat, unravel = ravel_pytree(params)
+        lam = state.damping.astype(flat.dtype)
+
+        loss_g, g = jax.value_and_grad(lambda x: loss_fn(unravel(x), batch))(flat)
+        scoring = batch if eval_batch is None else eval_batch
 
         def f(x):
-            return loss_fn(unravel(x), batch)
+            return loss_fn(unravel(x), scoring)
 
-        loss0, g = jax.value_and_grad(f)(flat)
+        loss0 = loss_g if eval_batch is None else f(flat)
         _, gv, _ = gauss_newton_operator(net, output_loss, params, curvature_batch,
                                          net_returns_hidden=net_returns_hidden,
                                          structural_batch_axis=structural_batch_axis)
-        lam = state.damping
         mu_lam = structural_damping * lam
 
         def damped(v):
@@ -612,15 +358,16 @@ def hessian_free(
         new_params = unravel(flat + rate * p)
         n_saved = jnp.sum(cg.saved_iters >= 0).astype(jnp.float32)
         new_state = HFState(
-            damping=new_lam,
+            damping=new_lam.astype(state.damping.dtype),
             direction=cg.x,
             updates=state.updates + 1,
             grad_evals=state.grad_evals + 1.0,
             curvature_products=state.curvature_products + (cg.iters + 2).astype(jnp.float32),
-            loss_evals=state.loss_evals + n_saved + ls_evals.astype(jnp.float32),
+            loss_evals=(state.loss_evals + n_saved + ls_evals.astype(jnp.float32)
+                        + (0.0 if eval_batch is None else 1.0)),
         )
         info = {
-            "loss": loss0, "new_loss": f_new, "grad_norm": jnp.linalg.norm(g),
+            "loss": loss_g, "new_loss": f_new, "grad_norm": jnp.linalg.norm(g),
             "damping": lam, "rho": rho, "cg_iters": cg.iters.astype(jnp.float32),
             "best_cg_iter": best_iter.astype(jnp.float32), "step_rate": rate,
             "step_norm": rate * jnp.linalg.norm(p),
@@ -633,17 +380,75 @@ def hessian_free(
 
 
 # ----------------------------------------------------------------------------
+# The protocol of Martens & Sutskever (2011).
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Every setting of a Hessian-free training protocol (the model's and the optimizer's).
+
+    The optimizer's settings are the keyword arguments of :func:`hessian_free`
+    (:meth:`optimizer_kwargs`); the batch sizes say how many fresh sequences each
+    update draws for the gradient, the curvature products and the loss scored by
+    backtracking, ρ and the line search (three independent draws).
+    """
+
+    hidden: int = 100
+    activation: str = "tanh"
+    recurrent_init: str = "sparse"     # 15 non-zero incoming weights per unit
+    sparse_connections: int = 15
+    spectral_radius: float | None = None
+    initial_damping: float = 1.0
+    structural_damping: float = 1.0 / 30.0
+    max_cg_iters: int = 300
+    gradient_batch: int = 10_000
+    curvature_batch: int = 1_000
+    eval_batch: int = 1_000
+    cg_decay: float = 0.95
+    preconditioner: bool = False
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return dict(initial_damping=self.initial_damping,
+                    structural_damping=self.structural_damping,
+                    net_returns_hidden=True, max_cg_iters=self.max_cg_iters,
+                    cg_decay=self.cg_decay, preconditioner=self.preconditioner)
+
+
+def martens2011(**overrides: Any) -> Protocol:
+    """Martens & Sutskever (2011)'s protocol for the long-term-dependency problems.
+
+    100 tanh units with sparse initialisation (15 incoming weights per unit);
+    structural damping μ = 1/30 (the hidden-state penalty weight is μλ); up to 300
+    CG iterations per update; the gradient on 10,000 fresh sequences, the curvature
+    products and backtracking/line search on separate fresh 1,000-sequence batches.
+    ``initial_damping`` λ0 = 1 here: the paper scales it with the number of outputs
+    of its summed loss, and the losses here are means over the scored outputs, so
+    λ0 = 1 plays that role (an interpretation, not a quoted figure).
+    Any field of :class:`Protocol` can be overridden (e.g. smaller batches on a CPU).
+    """
+    fields = {f.name for f in dataclasses.fields(Protocol)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"martens2011: unknown setting(s) {sorted(unknown)}; accepted: "
+                         f"{sorted(fields)}")
+    return Protocol(**overrides)
+
+
+# ----------------------------------------------------------------------------
 # The team's training loop.
 # ----------------------------------------------------------------------------
 
 def make_train_step(hf: HessianFree, *, curvature_batch_size: int | None = None,
-                    example_axes: Any = 0) -> Callable:
+                    example_axes: Any = 0, separate_batches: bool = False) -> Callable:
     """A pure ``step_fn(train_state, batch) -> (train_state, metrics)`` for :func:`rnnjax.train.run`.
 
     ``train_state.opt_state`` is the :class:`HFState` (make the state with
     ``train.init_state(params, None, opt_state=hf.init(params))``). The curvature
     batch is the first ``curvature_batch_size`` examples of ``batch`` (the whole
     batch if None); batches are fresh random draws, so that is a random subset.
+    With ``separate_batches`` each batch is a tuple ``(gradient_batch,
+    curvature_batch, eval_batch)`` of independent draws (Martens & Sutskever
+    2011's protocol) and ``curvature_batch_size`` must be None.
     A non-finite loss or gradient leaves the params and optimizer state unchanged
     (``train.guarded_update``).
     """
@@ -654,10 +459,18 @@ def make_train_step(hf: HessianFree, *, curvature_batch_size: int | None = None,
         raise ValueError(f"curvature_batch_size must be a positive integer or None, got "
                          f"{curvature_batch_size!r}")
 
+    if separate_batches and curvature_batch_size is not None:
+        raise ValueError("separate_batches=True takes the curvature batch from the batch tuple; "
+                         f"curvature_batch_size must be None, got {curvature_batch_size!r}")
+
     def step_fn(state, batch):
-        curv = batch if curvature_batch_size is None else take_examples(
-            batch, curvature_batch_size, example_axes)
-        new_params, new_opt, info = hf.update(state.params, state.opt_state, batch, curv)
+        if separate_batches:
+            batch, curv, held_out = batch
+        else:
+            held_out = None
+            curv = batch if curvature_batch_size is None else take_examples(
+                batch, curvature_batch_size, example_axes)
+        new_params, new_opt, info = hf.update(state.params, state.opt_state, batch, curv, held_out)
         finite = jnp.isfinite(info["loss"]) & jnp.isfinite(info["grad_norm"])
         new_state = train.guarded_update(state, new_params, new_opt, finite)
         metrics = dict(info, finite=finite.astype(jnp.float32), bad_steps=new_state.bad_steps)
