@@ -29,6 +29,7 @@ import hashlib
 import os
 import platform
 import re
+import uuid
 from pathlib import Path
 
 import jax
@@ -103,7 +104,9 @@ def enable(root: str | os.PathLike | None = None, *,
     path = Path(root if root is not None else default_root()).expanduser() / machine_id()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
+        # A probe name unique to this process: two processes enabling the
+        # cache at once (a sweep's workers) must not delete each other's probe.
+        probe = path / f".write_probe.{os.getpid()}.{uuid.uuid4().hex}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

@@ -134,11 +134,14 @@ def squared_error(predictions: Array, targets: Array, mask: Array | None = None)
 
 def bits_per_character(nats_per_token: Array | float) -> Array | float:
     """Mean cross-entropy in nats per character -> bits per character."""
-    return nats_per_token / LN2
+    return nats_per_token / LN2  # finite for every finite float: no overflow here
 
 
 def perplexity(nats_per_token: Array | float) -> Array | float:
-    """Mean cross-entropy in nats per token -> perplexity exp(nats)."""
+    """Mean cross-entropy in nats per token -> perplexity exp(nats); inf past float range."""
     if isinstance(nats_per_token, (int, float)):
-        return math.exp(nats_per_token)
+        try:
+            return math.exp(nats_per_token)
+        except OverflowError:  # a diverged run (nats ~ 1e7): report inf, not a crash
+            return math.inf
     return jnp.exp(nats_per_token)

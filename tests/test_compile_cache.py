@@ -95,3 +95,35 @@ def test_the_flag_turns_the_cache_on_and_off(tmp_path):
     with flagsaver.flagsaver(compilation_cache=str(tmp_path / "file")):
         with pytest.raises(app.UsageError, match="--compilation_cache=.*not a writable directory"):
             common.validate()
+
+
+RACE_SCRIPT = """
+import sys, time
+from rnnjax import compile_cache
+root, start_at = sys.argv[1], float(sys.argv[2])
+while time.time() < start_at:
+    pass
+n, end = 0, time.time() + 0.5
+while time.time() < end:  # prove the directory writable again and again, as a sweep's workers do
+    compile_cache.enable(root)
+    n += 1
+print(n)
+"""
+
+
+def test_two_processes_enabling_the_cache_at_once_do_not_race(tmp_path):
+    """Each process probes writability with its own file name: with one shared name,
+    one process deletes the other's probe (FileNotFoundError, an 'invalid' cache)."""
+    import subprocess
+    import sys
+    import time
+
+    start_at = str(time.time() + 4.0)  # both import jax first, then start together
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(tmp_path), start_at],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        assert int(out.split()[-1]) > 0
+    assert not [p.name for p in (tmp_path / compile_cache.machine_id()).glob(".write_probe*")]

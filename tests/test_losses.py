@@ -53,3 +53,11 @@ def test_binary_cross_entropy_is_stable_and_correct():
 def test_unit_changes():
     assert losses.bits_per_character(math.log(2)) == pytest.approx(1.0)
     assert losses.perplexity(math.log(100.0)) == pytest.approx(100.0)
+
+
+def test_unit_changes_of_a_diverged_run_are_inf_not_an_overflow():
+    """A finite divergence (loss ~1e7 nats) gives inf perplexity, not OverflowError."""
+    assert losses.perplexity(1e7) == math.inf
+    assert losses.perplexity(np.float64(1e7)) == math.inf
+    assert losses.bits_per_character(1e7) == pytest.approx(1e7 / math.log(2))
+    assert bool(jnp.isinf(losses.perplexity(jnp.float32(1e7))))
