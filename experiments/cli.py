@@ -47,8 +47,9 @@ from typing import Any, Callable, Iterable
 
 from absl import app, flags, logging  # logging also defines --verbosity
 
-from rnnjax import cells, checkpoint, compile_cache
-from rnnjax import optimizers as optim_factory  # rnnjax.optim.factory once it lands
+from rnnjax import cells, compile_cache, errors
+from rnnjax import workdir as workdir_lib
+from rnnjax.optim import factory as optim_factory
 
 FLAGS = flags.FLAGS
 
@@ -91,7 +92,8 @@ def at_least(bound: float) -> Check:
 
 
 def field(default: Any, help: str, *, check: Check | None = None,
-          choices: Iterable[str] | None = None, allow_inf: bool = False) -> Any:
+          choices: Iterable[str] | None = None, allow_inf: bool = False,
+          repeat: bool = False) -> Any:
     """A Config field that is also a flag: its default, help text and checks.
 
     Args:
@@ -100,8 +102,10 @@ def field(default: Any, help: str, *, check: Check | None = None,
       check: ``check(value) -> None | "what is accepted"``; not called for ``None``.
       choices: the accepted strings (the flag is an enum).
       allow_inf: accept ``inf`` for a float (every float must otherwise be finite).
+      repeat: a ``tuple[str, ...]`` given by repeating the flag (``--grid=a=1,2 --grid=b=3``)
+        instead of one comma-separated list.
     """
-    meta = {"help": help, "check": check, "allow_inf": allow_inf,
+    meta = {"help": help, "check": check, "allow_inf": allow_inf, "repeat": repeat,
             "choices": tuple(choices) if choices is not None else None}
     if isinstance(default, (list, dict, set)):
         raise TypeError("Config defaults must be immutable: use a tuple")
@@ -270,6 +274,8 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS) -> Non
             flags.DEFINE_integer(f.name, f.default, help_text, **kw)
         elif base is float:
             flags.DEFINE_float(f.name, f.default, help_text, **kw)
+        elif typing.get_origin(base) is tuple and meta.get("repeat"):
+            flags.DEFINE_multi_string(f.name, list(f.default), help_text, **kw)
         elif typing.get_origin(base) is tuple:
             flags.DEFINE_list(f.name, [str(v) for v in f.default], help_text, **kw)
         else:
@@ -317,6 +323,29 @@ def from_flags(config_cls: type, argv: list[str] | None = None,
     return config
 
 
+def parse_value(config_cls: type, name: str, text: str) -> Any:
+    """``text`` as the value of setting ``name`` of ``config_cls`` (for sweeps: ``hidden=16``);
+    ConfigError naming it when the setting does not exist or the text is not of its type."""
+    hints = _types(config_cls)
+    if name not in hints or name not in {f.name for f in dataclasses.fields(config_cls)}:
+        raise ConfigError(name, text, f"not a setting of {config_cls.__module__}.Config")
+    base, optional = _split_optional(hints[name])
+    text = text.strip()
+    try:
+        if optional and text.lower() == "none":
+            return None
+        if base is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if typing.get_origin(base) is tuple:
+            item = typing.get_args(base)[0]
+            return tuple(item(v) for v in text.split(",") if v)
+        return base(text)
+    except ValueError:
+        raise ConfigError(name, text, f"expected {getattr(base, '__name__', base)}") from None
+
+
 def apply_compilation_cache(value: str | None) -> None:
     """Turn the persistent compilation cache on or off as ``--compilation_cache`` says."""
     if value is None or value.strip().lower() in ("", "none", "off"):
@@ -330,8 +359,7 @@ def apply_compilation_cache(value: str | None) -> None:
 
 # Errors that are the user's to fix (a bad setting, a busy or mismatched workdir, a diverged
 # run): main prints their one-line message instead of a traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    return (ConfigError, WorkdirMismatch)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, errors.RunError)
 
 
 def call(run: Callable[..., Any], config: Any, workdir: str | None = None,
@@ -344,7 +372,7 @@ def call(run: Callable[..., Any], config: Any, workdir: str | None = None,
         return run(config, workdir)
     except ConfigError as e:
         sys.exit(f"error: {_flag_message(e, [f.name for f in dataclasses.fields(config)])}")
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         sys.exit(f"error: {e}")
 
 
@@ -365,10 +393,6 @@ RESUMABLE = frozenset({
 })
 
 
-class WorkdirMismatch(ValueError):
-    """A rerun on a workdir whose saved settings differ from the given ones."""
-
-
 @contextlib.contextmanager
 def workdir_session(workdir: str | None, config: Any):
     """Prepare ``workdir`` for a run of ``config``, before any work: create it, prove it
@@ -379,22 +403,10 @@ def workdir_session(workdir: str | None, config: Any):
         yield
         return
     check_workdir(workdir)
-    with _lock(workdir):
-        given = as_dict(config)
-        try:
-            saved = checkpoint.load_json(workdir, "config")
-        except FileNotFoundError:
-            saved = None
-        if saved is not None:
-            may_change = RESUMABLE | frozenset(getattr(config, "RESUMABLE", ()))
-            diffs = [f"{k}: saved {saved.get(k)!r}, given {given.get(k)!r}"
-                     for k in sorted(set(saved) | set(given))
-                     if k not in may_change and saved.get(k) != given.get(k)]
-            if diffs:
-                raise WorkdirMismatch(
-                    f"workdir {workdir!r} holds a run with other settings ({'; '.join(diffs)}); "
-                    "rerun with the saved settings to resume it, or use another --workdir")
-        checkpoint.save_json(workdir, "config", given)
+    with workdir_lib.lock(workdir):
+        workdir_lib.check_config(workdir, as_dict(config), ignore=RESUMABLE | frozenset(
+            getattr(config, "RESUMABLE", ())))
+        workdir_lib.save_config(workdir, as_dict(config))
         yield
 
 
@@ -408,7 +420,3 @@ def check_workdir(workdir: str) -> None:
         raise ConfigError("workdir", workdir, "it must be a writable directory "
                           f"({e.strerror or e})") from None
 
-
-def _lock(workdir: str):
-    # PROVISIONAL until rnnjax's workdir lock lands (lead wires it).
-    return contextlib.nullcontext()

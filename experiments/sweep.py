@@ -19,6 +19,25 @@ and ``<workdir>/loss.png`` (the training-loss curves).
 Final metrics of a run: the last record of ``metrics.jsonl`` in its workdir or
 in each direct subdirectory (prefixed ``<subdir>/``), plus the numeric leaves
 of ``results.json`` if the experiment writes one (keys joined with ``.``).
+With ``--engine=optuna`` the sweep is an Optuna study instead of a grid
+(``pip install -e ".[sweep]"``)::
+
+    python -m experiments.sweep --engine=optuna --experiment=char_lm --workdir=runs/study \
+        --study=lm --space=learning_rate=log:1e-3:3e-2,hidden=int:32:256,cell=cat:lstm|gru \
+        --set=steps=300 --trials=20 --workers=2 --objective=valid.bits --direction=minimize
+
+Each trial is ``run(config, <workdir>/trial_<n>)`` of the experiment, in-process in
+one of ``--workers`` local worker processes; its objective is ``--objective``, a key
+of the run's results (``.`` descends into nested results). Experiments report their
+validation metric while they train, so ``--pruner=median|asha`` stops hopeless
+trials early. The study lives in ``--storage``: a journal file (default
+``<workdir>/study.journal``; processes on one machine or a shared filesystem) or a
+database URL (``sqlite:///study.db``, ``postgresql://...``) for many machines: the
+same command on another machine joins the study. A worker killed mid-trial leaves
+its trial to be marked failed and retried (resuming the trial's checkpoint), and
+rerunning the command continues the study. At the end: the best trial's settings
+and metrics, ``trials.csv`` and PNG plots (history, importances, slices).
+
 For many configurations that differ only in values, trained in one process
 and one compiled program, see :mod:`rnnjax.sweep` instead.
 """
@@ -27,7 +46,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import dataclasses
 import glob
+import importlib
+import inspect
 import json
 import math
 import os
@@ -36,58 +58,106 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import app
 
+from experiments import cli
 from rnnjax import checkpoint
+from rnnjax import study as studies
 from rnnjax import sweep as rsweep
-from experiments.flags import define as define_flag
 
-FLAGS = flags.FLAGS
-define_flag("string", "experiment", None, "The experiment module to sweep: experiments.<name>.")
-if "workdir" not in FLAGS:  # experiments.flags may have defined it (same meaning: where files go)
-    define_flag("string", "workdir", None, "Root directory of the sweep; each run gets a subdirectory.")
-define_flag("multi_string", "grid", [], "NAME=V1,V2,...: a flag of the experiment and its values; "
-                          "repeat for more axes (the runs are their cartesian product).")
-define_flag("integer", "seeds", 1, "Seeds per grid point (--seed=0..N-1).")
-define_flag("multi_string", "set", [], "NAME=VALUE: a flag value shared by every run.")
-define_flag("integer", "parallel", os.cpu_count() or 1, "Runs at once (default: the CPU cores).")
-define_flag("list", "metrics", [], "Columns of results.md (default: the final loss and accuracy "
-                  "columns found).")
-define_flag("integer", "timeout", 3600, "Seconds after which one run is stopped.")
+HERE = os.path.dirname(os.path.abspath(__file__))
+NOT_EXPERIMENTS = ("__init__", "cli", "sweep", "hf_config", "flags", "hf_flags")
+
+
+def experiment_names() -> list[str]:
+    return sorted(p[:-3] for p in os.listdir(HERE) if p.endswith(".py")
+                  and p[:-3] not in NOT_EXPERIMENTS and not p.startswith("_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    experiment: str | None = cli.field(None, "The experiment to sweep: experiments.<name>.")
+    engine: str = cli.field("grid", "grid: every combination of --grid as processes; optuna: "
+                            "an Optuna study over --space.", choices=("grid", "optuna"))
+    grid: tuple[str, ...] = cli.field((), "NAME=V1,V2,...: a setting of the experiment and its "
+                                      "values; repeat for more axes (the runs are their "
+                                      "cartesian product).", repeat=True)
+    seeds: int = cli.field(1, "Seeds per grid point (--seed=0..N-1).", check=cli.positive)
+    set: tuple[str, ...] = cli.field((), "NAME=VALUE: a setting shared by every run or trial.",
+                                     repeat=True)
+    parallel: int = cli.field(os.cpu_count() or 1, "Grid runs at once (default: the CPU cores).",
+                              check=cli.positive)
+    metrics: tuple[str, ...] = cli.field((), "Columns of results.md (default: the final loss "
+                                         "and accuracy columns found).")
+    timeout: int = cli.field(3600, "Seconds after which one grid run is stopped.",
+                             check=cli.positive)
+    study: str = cli.field("study", "Name of the Optuna study (workers with the same name and "
+                           "--storage share it).")
+    storage: str | None = cli.field(None, "Where the study lives: a journal file (default "
+                                    "<workdir>/study.journal) or a database URL "
+                                    "(sqlite:///study.db, postgresql://...).")
+    space: str = cli.field("", "Search space: NAME=log:LOW:HIGH (log-uniform), float:LOW:HIGH, "
+                           "int:LOW:HIGH, logint:LOW:HIGH or cat:A|B|C, comma-separated, e.g. "
+                           "learning_rate=log:1e-4:1e-1,hidden=int:32:512,cell=cat:tanh|lstm.")
+    trials: int = cli.field(20, "Trials of the study in all (across every worker).",
+                            check=cli.positive)
+    workers: int = cli.field(1, "Local worker processes of the study.", check=cli.positive)
+    objective: str = cli.field("loss", "The key of the run's results to optimise ('.' descends "
+                               "into nested results, e.g. valid.bits).")
+    direction: str = cli.field("minimize", "Optimise the objective upwards or downwards.",
+                               choices=("minimize", "maximize"))
+    pruner: str = cli.field("median", "Stop hopeless trials early by their reported validation "
+                            "metric.", choices=studies.PRUNERS)
+
+    def check(self) -> None:
+        if not self.experiment:
+            raise cli.ConfigError("experiment", self.experiment, "required, one of "
+                                  + ", ".join(experiment_names()))
+        if self.experiment not in experiment_names():
+            raise cli.ConfigError("experiment", self.experiment,
+                                  "accepted: " + ", ".join(experiment_names()))
+        if self.engine == "optuna":
+            try:
+                studies.parse_space(self.space)
+            except ValueError as e:
+                raise cli.ConfigError("space", self.space, str(e)) from None
 
 SKIP_METRICS = ("time", "steps_per_sec", "step", "finite", "bad_steps", "total_bad_steps")
 
 
-def parse_assignments(values: list[str], flag: str, multi: bool) -> dict[str, Any]:
-    """['a=1,2', 'b=x'] -> {'a': ['1', '2'], 'b': ['x']} (or plain strings if not multi)."""
+def parse_assignments(values: tuple[str, ...], flag: str, multi: bool) -> dict[str, Any]:
+    """('a=1,2', 'b=x') -> {'a': ['1', '2'], 'b': ['x']} (or plain strings if not multi)."""
     out: dict[str, Any] = {}
     for item in values:
         name, sep, rhs = item.partition("=")
         name = name.strip().lstrip("-")
-        if not sep or not name or not rhs:
-            raise app.UsageError(f"--{flag}={item!r} is invalid: expected NAME=VALUE"
-                                 + (",VALUE..." if multi else "") + f", e.g. --{flag}=hidden=8"
-                                 + (",16" if multi else ""))
+        vals = [v.strip() for v in rhs.split(",") if v.strip()] if multi else rhs.strip()
+        if not sep or not name or not vals:
+            raise cli.ConfigError(flag, item, "expected NAME=VALUE" + (",VALUE..." if multi else "")
+                                  + f", e.g. {flag}=hidden=8" + (",16" if multi else ""))
         if name in out:
-            raise app.UsageError(f"--{flag}: {name!r} is given twice")
-        out[name] = [v.strip() for v in rhs.split(",") if v.strip()] if multi else rhs
+            raise cli.ConfigError(flag, item, f"{name!r} is given twice")
+        if multi and len(set(vals)) < len(vals):
+            raise cli.ConfigError(flag, item, "a value is given twice (two runs would share "
+                                  "one workdir)")
+        out[name] = vals
     return out
 
 
-def experiment_flags(module: str) -> set[str]:
-    """The flag names ``python -m <module> --helpfull`` documents."""
-    proc = subprocess.run([sys.executable, "-m", module, "--helpfull"], capture_output=True,
-                          text=True, timeout=300)
-    names = set()
-    for line in proc.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("--"):
-            name = line[2:].split(":")[0].split("=")[0]
-            names.add(name[4:] if name.startswith("[no]") else name)
-    if not names:
-        raise app.UsageError(f"--experiment: could not run {module} --helpfull: "
-                             f"{proc.stderr.strip()[-500:]}")
-    return names
+def load_experiment(name: str) -> Any:
+    """The module ``experiments.<name>`` (its ``Config`` and ``run``)."""
+    return importlib.import_module(f"experiments.{name}")
+
+
+def checked_configs(module: Any, assignments: list[dict[str, str]]) -> list[Any]:
+    """The experiment's Config for each assignment of setting texts, each validated."""
+    configs = []
+    for values in assignments:
+        config = dataclasses.replace(module.Config(), **{
+            k: cli.parse_value(module.Config, k, v) for k, v in values.items()})
+        cli.validate(config)
+        configs.append(config)
+    return configs
 
 
 def run_name(point: dict[str, Any]) -> str:
@@ -139,7 +209,7 @@ def launch(module: str, workdir: str, flag_values: dict[str, Any], timeout: int)
     if os.path.exists(os.path.join(workdir, "done.json")):
         return checkpoint.load_json(workdir, "done")
     os.makedirs(workdir, exist_ok=True)
-    cmd = [sys.executable, "-m", module, f"--workdir={workdir}", "--noprogress"] + [
+    cmd = [sys.executable, "-m", module, f"--workdir={workdir}"] + [
         f"--{k}={v}" for k, v in flag_values.items()]
     start = time.time()
     with open(os.path.join(workdir, "stdout.txt"), "w") as out, \
@@ -225,49 +295,32 @@ def plot_losses(root: str, rows: list[dict[str, Any]]) -> str:
     return path
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.experiment:
-        raise app.UsageError("--experiment is required, e.g. --experiment=parity")
-    module = FLAGS.experiment if "." in FLAGS.experiment else f"experiments.{FLAGS.experiment}"
-    if FLAGS.experiment in ("sweep", "experiments.sweep"):
-        raise app.UsageError("--experiment=sweep is invalid: a sweep cannot sweep itself")
-    here = os.path.dirname(os.path.abspath(__file__))
-    if not module.startswith("experiments.") or not os.path.exists(
-            os.path.join(here, module.split(".", 1)[1] + ".py")):
-        names = sorted(p[:-3] for p in os.listdir(here) if p.endswith(".py")
-                       and not p.startswith("_") and not p.endswith("flags.py") and p != "sweep.py")
-        raise app.UsageError(f"--experiment={FLAGS.experiment!r} is invalid: accepted: {', '.join(names)}")
-    if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required: the sweep's root directory")
-    from experiments import flags as common
-    common.check_workdir(FLAGS.workdir)
-    for name in ("seeds", "parallel", "timeout"):
-        common.check_positive_int(name, FLAGS[name].value)
-    grid = parse_assignments(FLAGS.grid, "grid", multi=True)
-    fixed = parse_assignments(FLAGS.set, "set", multi=False)
-    known = experiment_flags(module)
-    for flag, names in (("grid", grid), ("set", fixed)):
-        for name in names:
-            if name not in known or name == "workdir":
-                raise app.UsageError(f"--{flag}: {name!r} is not a flag {module} accepts "
-                                     "(see python -m " + module + " --helpfull)")
+def run_grid(config: Config, workdir: str) -> dict[str, Any]:
+    """Every grid point x seed as a process; the results tables and loss plot."""
+    module = load_experiment(config.experiment)
+    grid = parse_assignments(config.grid, "grid", multi=True)
+    fixed = parse_assignments(config.set, "set", multi=False)
     if "seed" in grid or "seed" in fixed:
-        raise app.UsageError("--grid/--set: use --seeds=N rather than sweeping --seed")
-
+        raise cli.ConfigError("grid", config.grid, "use seeds=N rather than sweeping seed")
     points = rsweep.grid(**grid) if grid else [{}]
+    seeded = "seed" in {f.name for f in dataclasses.fields(module.Config)}
+    if config.seeds > 1 and not seeded:
+        raise cli.ConfigError("seeds", config.seeds, f"experiments.{config.experiment} has no "
+                              "seed setting: use seeds=1")
     jobs = []
     for point in points:
-        for seed in range(FLAGS.seeds):
+        for seed in range(config.seeds):
             name = run_name({**point, "seed": seed})
             jobs.append({"point": point, "seed": seed,
-                         "workdir": os.path.join(FLAGS.workdir, name.replace("/", "_")),
-                         "flags": {**fixed, **point, "seed": seed}})
-    print(f"{len(jobs)} runs of {module}, {FLAGS.parallel} at a time, under {FLAGS.workdir}")
-    with concurrent.futures.ThreadPoolExecutor(FLAGS.parallel) as pool:
-        futures = {pool.submit(launch, module, j["workdir"], j["flags"], FLAGS.timeout): j
-                   for j in jobs}
+                         "workdir": os.path.join(workdir, name.replace("/", "_")),
+                         "flags": {**fixed, **point, **({"seed": str(seed)} if seeded else {})}})
+    checked_configs(module, [j["flags"] for j in jobs])  # every run is valid before any starts
+    flag_jobs = {"progress": "false"} if any(
+        f.name == "progress" for f in dataclasses.fields(module.Config)) else {}
+    print(f"{len(jobs)} runs of {config.experiment}, {config.parallel} at a time, under {workdir}")
+    with concurrent.futures.ThreadPoolExecutor(config.parallel) as pool:
+        futures = {pool.submit(launch, f"experiments.{config.experiment}", j["workdir"],
+                               {**flag_jobs, **j["flags"]}, config.timeout): j for j in jobs}
         for done, fut in enumerate(concurrent.futures.as_completed(futures), 1):
             job = futures[fut]
             job.update(fut.result())
@@ -275,8 +328,8 @@ def main(argv: list[str]) -> None:
                   f"({job['seconds']:.0f} s)", flush=True)
     for job in jobs:
         job["metrics"] = final_metrics(job["workdir"]) if job["status"] == "ok" else {}
-    csv_path, md_path = write_tables(FLAGS.workdir, jobs, list(grid), FLAGS.metrics)
-    png = plot_losses(FLAGS.workdir, jobs)
+    csv_path, md_path = write_tables(workdir, jobs, list(grid), list(config.metrics))
+    png = plot_losses(workdir, jobs)
     with open(md_path) as f:
         print(f.read())
     print(f"wrote {csv_path}, {md_path}, {png}")
@@ -284,8 +337,130 @@ def main(argv: list[str]) -> None:
     if failed:
         print(f"{len(failed)} runs failed; see stderr.txt in: "
               + ", ".join(j["workdir"] for j in failed[:5]))
+    return {"runs": [{k: j[k] for k in ("point", "seed", "workdir", "status", "metrics")}
+                     for j in jobs], "failed": len(failed)}
+
+
+def lookup(results: dict[str, Any], key: str) -> float:
+    """``results[a][b]`` for key ``a.b`` (or a key with dots in it), as a float."""
+    if key in results:
+        value = results[key]
+    else:
+        value = results
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(f"objective {key!r} is not in the run's results (keys: "
+                               f"{', '.join(sorted(results))})")
+            value = value[part]
+    return float(value)
+
+
+def trial_objective(config: Config, workdir: str) -> Any:
+    """The Optuna objective: one run of the experiment at the trial's point."""
+    import optuna
+
+    module = load_experiment(config.experiment)
+    space = studies.parse_space(config.space)
+    fixed = parse_assignments(config.set, "set", multi=False)
+    reports = "report" in inspect.signature(module.run).parameters
+
+    def objective(trial: Any) -> float:
+        point = studies.suggest(trial, space)
+        texts = {**fixed, **{k: str(v) for k, v in point.items()}}
+        run_config = dataclasses.replace(module.Config(), **{
+            k: cli.parse_value(module.Config, k, v) if isinstance(v, str) else v
+            for k, v in {**fixed, **point}.items()})
+        cli.validate(run_config)
+        trial_dir = trial.user_attrs.get("workdir") or os.path.join(workdir, f"trial_{trial.number}")
+        trial.set_user_attr("workdir", trial_dir)
+        trial.set_user_attr("settings", texts)
+
+        def report(step: int, metrics: dict[str, Any]) -> None:
+            try:
+                value = lookup(metrics, config.objective)
+            except KeyError:
+                return
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: {config.objective}={value:.4g}")
+
+        kwargs = {"report": report} if reports else {}
+        results = module.run(run_config, trial_dir, **kwargs)
+        return lookup(results, config.objective)
+
+    return objective
+
+
+def run_study(config: Config, workdir: str) -> dict[str, Any]:
+    """This process as a worker of the study (``workers`` > 1: that many local worker
+    processes), then the study's best trial, table and plots."""
+    module = load_experiment(config.experiment)
+    hints = {f.name: f.type for f in dataclasses.fields(module.Config)}
+    for p in studies.parse_space(config.space).values():
+        if p.name not in hints:
+            raise cli.ConfigError("space", config.space, f"{p.name!r} is not a setting of "
+                                  f"experiments.{config.experiment}")
+        if p.kind in ("int", "logint") and "int" not in str(hints[p.name]):
+            raise cli.ConfigError("space", config.space, f"{p.name} is not an integer setting: "
+                                  "use float: or log:")
+    checked_configs(module, [parse_assignments(config.set, "set", multi=False)])
+    storage = config.storage or os.path.join(workdir, "study.journal")
+    s = studies.load(config.study, storage, direction=config.direction, pruner=config.pruner)
+    if config.workers > 1:
+        argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+        procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv,
+                                   "--workers=1", "--storage=" + storage])
+                 for _ in range(config.workers)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            print(f"workers exited with {codes}; rerun the command to continue the study")
+    else:
+        studies.optimize(s, trial_objective(config, workdir), config.trials)
+    rows = studies.trials_table(s)
+    table = os.path.join(workdir, "trials.csv")
+    with open(table, "w", newline="") as f:
+        columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in (
+            "number", "state", "value"), k))
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    for r in rows:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in r.items() if v is not None))
+    results: dict[str, Any] = {"study": config.study, "storage": storage, "trials": rows,
+                               "table": table}
+    try:
+        best = s.best_trial
+    except ValueError:
+        print("no trial completed yet")
+        return results
+    results.update(best_value=best.value, best_params=best.params, best_trial=best.number,
+                   best_settings=best.user_attrs.get("settings"),
+                   best_workdir=best.user_attrs.get("workdir"),
+                   plots=studies.plot(s, workdir))
+    print(f"best trial {best.number}: {config.objective}={best.value:.6g} with "
+          + ", ".join(f"{k}={v}" for k, v in best.params.items()))
+    return results
+
+
+def run(config: Config, workdir: str | None) -> dict[str, Any]:
+    """The sweep: a grid of processes or an Optuna study, under ``workdir``."""
+    cli.validate(config)
+    if not workdir:
+        raise cli.ConfigError("workdir", workdir, "required: the sweep's root directory")
+    cli.check_workdir(workdir)
+    parse_assignments(config.set, "set", multi=False)
+    results = run_grid(config, workdir) if config.engine == "grid" else run_study(config, workdir)
+    checkpoint.save_json(workdir, "results", {**results, "config": cli.as_dict(config)})
+    return results
+
+
+def main(argv: list[str]) -> None:
+    results = cli.call(run, cli.from_flags(Config, argv))
+    if results.get("failed"):
         sys.exit(1)
 
 
 if __name__ == "__main__":
+    cli.define_flags(Config)
     app.run(main)
