@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -155,13 +156,14 @@ def test_sharded_step_equals_single_device_step():
 
 def test_process_sweep_tables(tmp_path):
     """experiments.sweep's pieces: parsing, final metrics of a workdir, the tables."""
-    from absl import app as absl_app
-
+    from experiments import cli
     from experiments import sweep as process_sweep
-    assert process_sweep.parse_assignments(["hidden=8,16", "--lr=1e-3"], "grid", multi=True) == {
+    assert process_sweep.parse_assignments(("hidden=8,16", "--lr=1e-3"), "grid", multi=True) == {
         "hidden": ["8", "16"], "lr": ["1e-3"]}
-    with pytest.raises(absl_app.UsageError, match="--grid='hidden' is invalid: expected NAME=VALUE"):
-        process_sweep.parse_assignments(["hidden"], "grid", multi=True)
+    for bad, message in [("hidden", "grid='hidden' is invalid: expected NAME=VALUE"),
+                         ("hidden=,", "expected NAME=VALUE"), ("hidden=8,8", "given twice")]:
+        with pytest.raises(cli.ConfigError, match=message):
+            process_sweep.parse_assignments((bad,), "grid", multi=True)
     rows = []
     for hidden in (8, 16):
         for seed in (0, 1):
@@ -182,3 +184,25 @@ def test_process_sweep_tables(tmp_path):
     assert "| hidden | runs ok | rnn/loss |" in md
     assert "| 8 | 2/2 | 0.13 ± 0.0071 |" in md  # mean and std over the two seeds
     assert os.path.exists(process_sweep.plot_losses(str(tmp_path), rows))
+
+
+def test_grid_sweep_of_an_experiment(tmp_path):
+    """A two-point grid of experiments.handset as processes; bad names and values are
+    refused before any run starts."""
+    from experiments import cli
+    from experiments import sweep as process_sweep
+    config = process_sweep.Config(experiment="handset", grid=("network=sum,parity",),
+                                  set=("format=json",), parallel=2)
+    results = process_sweep.run(config, str(tmp_path / "sweep"))
+    assert results["failed"] == 0 and len(results["runs"]) == 2
+    for run in results["runs"]:
+        saved = json.load(open(os.path.join(run["workdir"], "results.json")))
+        assert saved["traces"][0]["network"] == run["point"]["network"]
+    for grid, message in [(("hidden=8",), "hidden='8' is invalid: not a setting"),
+                          (("network=sum,cube",), "network='cube' is invalid: accepted")]:
+        bad = process_sweep.Config(experiment="handset", grid=grid)
+        with pytest.raises(cli.ConfigError, match=message):
+            process_sweep.run(bad, str(tmp_path / "never"))
+        assert not (tmp_path / "never" / "network=sum").exists()
+    with pytest.raises(cli.ConfigError, match="experiment='nope' is invalid"):
+        process_sweep.run(process_sweep.Config(experiment="nope"), str(tmp_path / "x"))
