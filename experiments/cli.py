@@ -45,9 +45,10 @@ import types
 import typing
 from typing import Any, Callable, Iterable
 
+import jax
 from absl import app, flags, logging  # logging also defines --verbosity
 
-from rnnjax import cells, compile_cache, errors
+from rnnjax import cells, compile_cache, errors, tensorboard
 from rnnjax import workdir as workdir_lib
 from rnnjax.optim import factory as optim_factory
 
@@ -142,6 +143,8 @@ class TrainConfig:
     max_bad_steps: int = field(10, "Stop after this many non-finite (NaN/Inf) steps in a row; "
                                "their updates are skipped.", check=positive)
     progress: bool = field(True, "Show a progress bar.")
+    tensorboard: bool = field(True, "Also write TensorBoard event files (<workdir>/tensorboard; "
+                              "view with tensorboard --logdir runs).")
 
     def check(self) -> None:
         """Checks that involve several settings (``validate`` calls it after the field checks)."""
@@ -150,13 +153,33 @@ class TrainConfig:
                               f"must be smaller than steps={self.steps}")
 
 
-def loop_kwargs(config: TrainConfig, workdir: str | None) -> dict[str, Any]:
-    """Keyword arguments of ``rnnjax.train.run`` from the common settings. Without a
-    workdir there is nowhere to write checkpoints, so ``checkpoint_every`` is ignored."""
+Report = Callable[[int, dict[str, Any]], None]
+
+
+def loop_kwargs(config: TrainConfig, workdir: str | None, report: Report | None = None,
+                on_log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``rnnjax.train.run`` from the common settings.
+
+    Every logged record also goes to TensorBoard (``config.tensorboard``), to ``on_log``
+    and to ``report(step, record)``, the callback through which a sweep watches a run
+    (it may raise to stop the run, e.g. Optuna's pruning). Without a workdir there is
+    nowhere to write checkpoints, so ``checkpoint_every`` is ignored.
+    """
+    events = tensorboard.EventLog(workdir, enabled=getattr(config, "tensorboard", False),
+                                  process_index=jax.process_index())
+
+    def log(record: dict[str, Any]) -> None:
+        events.scalars(record["step"], record)
+        events.flush()
+        if on_log is not None:
+            on_log(record)
+        if report is not None:
+            report(record["step"], record)
+
     return dict(steps=config.steps, log_every=config.log_every,
                 checkpoint_every=(config.checkpoint_every or None) if workdir else None,
                 keep=config.keep_checkpoints, max_bad_steps=config.max_bad_steps,
-                progress=config.progress)
+                progress=config.progress, on_log=log)
 
 
 # ----------------------------------------------------------------------------- validation

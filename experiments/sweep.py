@@ -375,10 +375,12 @@ def trial_objective(config: Config, workdir: str) -> Any:
         trial.set_user_attr("workdir", trial_dir)
         trial.set_user_attr("settings", texts)
 
-        def report(step: int, metrics: dict[str, Any]) -> None:
-            try:
-                value = lookup(metrics, config.objective)
-            except KeyError:
+        def report(step: int, record: dict[str, Any]) -> None:
+            # A logged record names a validation metric eval_<name> (e.g. eval_valid_bits
+            # for the objective valid.bits); records without it are not reported.
+            keys = (config.objective, "eval_" + config.objective.replace(".", "_"))
+            value = next((record[k] for k in keys if isinstance(record.get(k), (int, float))), None)
+            if value is None:
                 return
             trial.report(value, step)
             if trial.should_prune():
