@@ -127,8 +127,8 @@ def _check_matches(template: PyTree, restored: PyTree, where: str) -> None:
     r_leaves, r_def = jax.tree.flatten(restored)
     if t_def != r_def:
         raise _Mismatch(f"checkpoint {where} has a different structure than the state this run "
-                        f"builds; use a fresh --workdir for a different configuration.\n"
-                        f"checkpoint: {r_def}\nthis run:   {t_def}")
+                        f"builds ({len(r_leaves)} leaves, this run {len(t_leaves)}); use a fresh "
+                        "--workdir for a different configuration")
     for i, (t, r) in enumerate(zip(t_leaves, r_leaves)):
         if np.shape(t) != np.shape(r):
             path = jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(template)[0][i][0])
@@ -142,28 +142,33 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+def _saved_fingerprint(mngr: ocp.CheckpointManager, step: int) -> str | None:
+    """The fingerprint written with checkpoint ``step``; None for a checkpoint older than
+    fingerprints. Read from orbax's step metadata file directly: orbax turns an
+    unreadable file into empty metadata, which would pass for an old checkpoint."""
+    path = os.path.join(str(mngr.directory), str(step), "_CHECKPOINT_METADATA")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise _Unusable(f"its metadata file is unreadable ({_first_line(e)})") from None
+    custom = meta.get("custom_metadata") if isinstance(meta, dict) else None
+    return custom.get(FINGERPRINT_KEY) if isinstance(custom, dict) else None
+
+
 def _restore_verified(mngr: ocp.CheckpointManager, step: int, template: PyTree) -> PyTree:
     """Checkpoint ``step`` restored and verified; _Unusable or _Mismatch if not."""
     where = os.path.join(str(mngr.directory), str(step))
+    expected = _saved_fingerprint(mngr, step)  # first: orbax logs errors for a bad file
     try:
         restored = mngr.restore(step, args=ocp.args.StandardRestore(template))
-    except (ValueError, KeyError, TypeError) as e:
-        # Also what a different configuration gives: the message says both.
-        raise _Mismatch(f"could not restore checkpoint {where} into this run's state "
-                        f"(a different configuration, or a damaged file?): "
-                        f"{_first_line(e)}") from None
-    except Exception as e:  # noqa: BLE001 - any reader failure means "unusable"
-        raise _Unusable(f"unreadable ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file, or another configuration
+        raise _Unusable(f"does not restore into this run's state: {_first_line(e)}") from None
     _check_matches(template, restored, where)
     leaves = _host_leaves(restored)
     bad = _non_finite(leaves)
     if bad:
         raise _Unusable(f"non-finite values in {', '.join(bad[:3])}")
-    try:
-        custom = mngr.metadata(step).custom_metadata or {}
-    except Exception as e:  # noqa: BLE001
-        raise _Unusable(f"unreadable metadata ({_first_line(e)})") from None
-    expected = custom.get(FINGERPRINT_KEY)
     if expected is not None and expected != _fingerprint(leaves):
         raise _Unusable("checksum mismatch: its data changed after it was written")
     return restored
@@ -188,8 +193,9 @@ def restore_latest(mngr: ocp.CheckpointManager, template: PyTree, *,
 
     Returns None if there is no checkpoint. Skipped checkpoints are named in a
     warning (and moved to ``checkpoints.unusable/`` with ``quarantine``).
-    Raises ValueError when the checkpoints do not fit ``template`` (another
-    configuration), CheckpointError when none verifies.
+    Raises ValueError when the newest readable checkpoint does not fit
+    ``template`` (another configuration), CheckpointError when none restores
+    and verifies.
     """
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
@@ -198,7 +204,9 @@ def restore_latest(mngr: ocp.CheckpointManager, template: PyTree, *,
     for step in steps:
         try:
             restored = _restore_verified(mngr, step, template)
-        except (_Unusable, _Mismatch) as e:
+        except _Mismatch as e:  # reads fine, other shapes: another configuration
+            raise ValueError(str(e)) from None
+        except _Unusable as e:
             failures.append((step, e))
             continue
         for bad_step, reason in failures:
@@ -207,12 +215,11 @@ def restore_latest(mngr: ocp.CheckpointManager, template: PyTree, *,
             warnings.warn(f"checkpoint {where} is unusable ({reason}): using step {step} "
                           f"instead{moved}", stacklevel=2)
         return restored
-    mismatches = [e for _, e in failures if isinstance(e, _Mismatch)]
-    if mismatches and len(mismatches) == len(failures):
-        raise ValueError(str(mismatches[0]))
     listed = "; ".join(f"step {s}: {e}" for s, e in failures)
-    raise CheckpointError(f"no checkpoint in {mngr.directory} can be restored ({listed}); "
-                          "nothing was changed: move that directory away to start afresh")
+    raise CheckpointError(f"no checkpoint in {mngr.directory} can be restored ({listed}); nothing "
+                          "was changed. If this run's settings differ from those that wrote them "
+                          "(a different configuration), use a fresh --workdir; otherwise move "
+                          "that directory away to start afresh")
 
 
 def restore(workdir: str, template: PyTree, step: int | None = None) -> PyTree:
