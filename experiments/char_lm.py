@@ -14,26 +14,53 @@ carried across them and prints a sample and the bits and nats per character.
 samples from the saved model (same vocabulary, read from ``vocab.json``). Rerunning a
 training command with the same ``--workdir`` resumes it; ``--data_path=FILE`` trains on
 your own UTF-8 text; ``--cell=mrnn|gru|tanh`` switches the cell. ``--helpfull`` lists
-every flag. docs/language_models.md records measured results.
+every flag. docs/language_models.md records measured results. From Python::
+
+    config = dataclasses.replace(char_lm.Config(), steps=5, hidden=32)
+    results = char_lm.run(config, "runs/x")      # also in runs/x/results.json
 """
 
 from __future__ import annotations
 
-from absl import app
+import dataclasses
 
-from experiments import lm_train
+from absl import app, flags
 
-FLAGS = lm_train.FLAGS
+from experiments import cli
+from experiments.lm import train as lm_train
+from experiments.lm.config import LMConfig
+from rnnjax import allocator
 
-# Defaults chosen for speed on a 2-core CPU: per-op overhead dominates there, so a
-# moderate hidden size with a large batch keeps the cores busy (DESIGN.md, section 5).
-DEFAULTS = dict(
-    cell="lstm", hidden=256, layers=1, batch_size=64, seq_len=100, optimizer="adam",
-    learning_rate=1e-2, clip_norm=1.0, steps=20_000, max_minutes=4.0, log_every=20,
-    checkpoint_every=200, eval_every=100, eval_tokens=30_000, level="char",
-    corpus="shakespeare", temperature=0.8,
-)
+
+@dataclasses.dataclass(frozen=True)
+class Config(LMConfig):
+    """The demo's settings. Chosen for speed on a 2-core CPU: per-op overhead dominates
+    there, so a moderate hidden size with a large batch keeps the cores busy."""
+
+    cell: str = "lstm"
+    hidden: int = 256
+    batch_size: int = 64
+    learning_rate: float = 1e-2
+    clip_norm: float | None = 1.0
+    steps: int = 20_000
+    max_minutes: float | None = 4.0
+    log_every: int = 20
+    checkpoint_every: int = 200
+    eval_every: int = 100
+    eval_tokens: int = 30_000
+
+
+def run(config: Config, workdir: str | None, report: lm_train.Report | None = None) -> dict:
+    """Train and evaluate (or sample, with ``sample_only``); see :mod:`experiments.lm.train`."""
+    return lm_train.run(config, workdir, report)
+
+
+def main(argv):
+    config = cli.from_flags(Config, argv)
+    allocator.ensure(flags.FLAGS.allocator)  # re-executes once, before the heavy allocations
+    cli.call(run, config)
 
 
 if __name__ == "__main__":
-    lm_train.run_with_defaults(DEFAULTS)
+    lm_train.define_flags(Config)
+    app.run(main)

@@ -11,27 +11,63 @@ embeddings tied (Press & Wolf 2017), dropout 0.2, batch 20, plain SGD at learnin
 clipped to norm 0.25 (their 5), and the rate divided by 4 after any epoch that does not
 improve validation (it never fired in that run). ``--max_minutes=10`` for a shorter
 look. It prints validation and test perplexity; ``--sample_only`` samples from a
-workdir. ``--data_path=FILE`` models your own text at word level.
+workdir. ``--data_path=FILE`` models your own text at word level. From Python:
+``word_lm.run(dataclasses.replace(word_lm.Config(), max_minutes=10), "runs/ptb")``.
 """
 
 from __future__ import annotations
 
-from absl import app
+import dataclasses
 
-from experiments import lm_train
+from absl import app, flags
 
-FLAGS = lm_train.FLAGS
+from experiments import cli
+from experiments.lm import train as lm_train
+from experiments.lm.config import LMConfig
+from rnnjax import allocator
 
 EPOCH = 2323  # steps of 20 x 20 words in the PTB training split (929,589 words)
 
-DEFAULTS = dict(
-    cell="lstm", hidden=200, layers=2, embed_size=200, tie_embeddings=True, dropout=0.2,
-    batch_size=20, seq_len=20, optimizer="sgd", learning_rate=20.0, clip_norm=0.25,
-    plateau_factor=0.25, steps=13 * EPOCH, max_minutes=57.0, log_every=500,
-    checkpoint_every=EPOCH, eval_every=EPOCH, eval_tokens=40_000, level="word",
-    corpus="ptb", temperature=1.0, sample_length=60,
-)
+
+@dataclasses.dataclass(frozen=True)
+class Config(LMConfig):
+    """Zaremba et al.'s small PTB model with tied embeddings and dropout."""
+
+    cell: str = "lstm"
+    hidden: int = 200
+    layers: int = 2
+    embed_size: int = 200
+    tie_embeddings: bool = True
+    dropout: float = 0.2
+    batch_size: int = 20
+    seq_len: int = 20
+    optimizer: str = "sgd"
+    learning_rate: float = 20.0
+    clip_norm: float | None = 0.25
+    plateau_factor: float = 0.25
+    steps: int = 13 * EPOCH
+    max_minutes: float | None = 57.0
+    log_every: int = 500
+    checkpoint_every: int = EPOCH
+    eval_every: int = EPOCH
+    eval_tokens: int = 40_000
+    level: str = "word"
+    corpus: str = "ptb"
+    temperature: float = 1.0
+    sample_length: int = 60
+
+
+def run(config: Config, workdir: str | None, report: lm_train.Report | None = None) -> dict:
+    """Train and evaluate (or sample, with ``sample_only``); see :mod:`experiments.lm.train`."""
+    return lm_train.run(config, workdir, report)
+
+
+def main(argv):
+    config = cli.from_flags(Config, argv)
+    allocator.ensure(flags.FLAGS.allocator)  # re-executes once, before the heavy allocations
+    cli.call(run, config)
 
 
 if __name__ == "__main__":
-    lm_train.run_with_defaults(DEFAULTS)
+    lm_train.define_flags(Config)
+    app.run(main)
