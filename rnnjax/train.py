@@ -7,15 +7,14 @@ that is jitted once; the loop :func:`run` is the only place with side effects
 
 Quick start::
 
-    import optax
-    from rnnjax import train
+    from rnnjax import optim, train
 
     def loss_fn(params, batch, key):            # -> loss or (loss, aux_metrics)
         ...
 
-    optimizer = optax.adam(1e-3)               # any optax GradientTransformation
-    state = train.init_state(params, optimizer, seed=0)
-    step_fn = train.make_train_step(loss_fn, optimizer, clip_norm=1.0)
+    optimizer = optim.make("adam", 1e-3, before=(optim.clip_by_global_norm(1.0),))
+    state = train.init_state(params, optimizer, seed=0)   # any optax transformation works
+    step_fn = train.make_train_step(loss_fn, optimizer)
 
     def batch_fn(step):                        # batches are a pure function of the step
         key = jax.random.fold_in(jax.random.key(seed), step)
@@ -38,17 +37,21 @@ The public pieces
 
 ``init_state(params, optimizer, *, seed=0 | rng=key, extra=None) -> TrainState``
 
-``make_train_step(loss_fn, optimizer, *, clip_norm=None, has_aux=False,
-uses_extra=False) -> step_fn``
+``make_train_step(loss_fn, optimizer, *, clip_norm=None, nan_repair=False,
+param_norms=False, has_aux=False, uses_extra=False) -> step_fn``
     ``loss_fn(params, batch, key) -> loss`` (or ``(loss, aux)`` with
     ``has_aux=True``; ``aux`` a dict of scalar metrics). With
     ``uses_extra=True`` the signature is ``loss_fn(params, extra, batch, key)
     -> (loss, (new_extra, aux))``. Returns the pure, un-jitted
     ``step_fn(state, batch) -> (state, metrics)``; :func:`run` jits it (or
-    jit it yourself). Metrics: ``loss``, ``grad_norm``, ``finite`` (1.0/0.0),
-    ``bad_steps`` and the aux metrics. A step whose loss or gradient has a NaN
-    or Inf leaves ``params``, ``opt_state`` and ``extra`` unchanged and counts
-    itself in ``bad_steps``; ``step`` still advances, so the next batch is new.
+    jit it yourself). Metrics: ``loss``, ``grad_norm``, ``finite`` (1.0 when
+    the step was applied), ``bad_steps``, the reports of the gradient remedies
+    in the optimizer (``clipped``, ``repaired``, ``total_*``;
+    :mod:`rnnjax.optim.transforms`) and the aux metrics. A step whose loss,
+    gradient, new parameters or new optimizer state has a NaN or Inf leaves
+    ``params``, ``opt_state`` and ``extra`` unchanged and counts itself in
+    ``bad_steps`` (unless the NaN/Inf repair fixed its gradient); ``step``
+    still advances, so the next batch is new.
 
 ``guarded_update(state, new_params, new_opt_state, finite, new_extra=None,
 update_extra=False) -> TrainState``
@@ -57,7 +60,8 @@ update_extra=False) -> TrainState``
 ``make_eval_step(metric_fn) -> eval_fn(params, batch) -> metrics`` (jitted);
 ``evaluate(eval_step, params, batches) -> dict`` (means over batches).
 
-``read_metrics(workdir) -> list[dict]``: the records of ``metrics.jsonl``.
+``read_metrics(workdir) -> list[dict]``: the records of ``metrics.jsonl``
+(:func:`rnnjax.metrics.read`: a bad line is skipped with a warning).
 
 ``run(workdir, state, step_fn, batch_fn, *, steps, log_every=100,
 checkpoint_every=None, keep=3, eval_fn=None, eval_every=None, on_log=None,
@@ -67,13 +71,18 @@ max_bad_steps=None, progress=True, jit=True, stop_fn=None, after_eval=None)
     (the step about to run, counted from 0). ``eval_fn(state) -> dict`` of
     floats (called every ``eval_every`` steps and at the end; logged with an
     ``eval_`` prefix). ``on_log(record)`` is called with every logged record.
-    If ``workdir`` already holds a checkpoint, the run restores the latest one
-    (``state`` is the template) and continues from there: losses match an
+    If ``workdir`` already holds a checkpoint, the run restores the newest one
+    that verifies (:mod:`rnnjax.checkpoint`; ``state`` is the template) and
+    continues from there: losses match an
     uninterrupted run bit for bit on CPU. ``steps`` is the total number of
     steps, not the number still to run. ``history`` is the list of all logged
     records in ``workdir/metrics.jsonl`` (earlier runs of the same workdir
     included). ``workdir=None`` trains without files (no checkpoints, no
-    metrics file). Raises :class:`NonFiniteError` after ``max_bad_steps``
+    metrics file). A workdir whose lock another process holds
+    (:func:`rnnjax.workdir.lock`) is refused before anything is written; an
+    initial state with a NaN or Inf too. A full disk ends the run with
+    :class:`rnnjax.errors.DiskFullError` (one line: what was kept, what to do).
+    Raises :class:`NonFiniteError` after ``max_bad_steps``
     non-finite steps in a row (no checkpoint is written during a bad streak,
     so the last good one is kept). For a stacked sweep the streak is the
     longest among its members: one diverging member stops the sweep unless
@@ -84,7 +93,7 @@ max_bad_steps=None, progress=True, jit=True, stop_fn=None, after_eval=None)
     ``jit=False`` when ``step_fn`` is already jitted or wraps a jitted function
     with Python around it. ``after_eval(state, history) -> state``, called after
     each evaluation with the history that ends in its record, may change the
-    state before it is checkpointed (e.g. :func:`rnnjax.optimizers.anneal_on_plateau`
+    state before it is checkpointed (e.g. :func:`rnnjax.optim.anneal_on_plateau`
     lowers the learning rate when validation stops improving).
 
 A record is logged after every step ``s`` (counting finished steps) that is a
