@@ -1,0 +1,312 @@
+"""The long-term-dependency table: problems x lengths x methods x seeds, resumable.
+
+Each row trains one network on one problem of :mod:`rnnjax.data.synthetic` (the
+papers' definitions) at one nominal length T with one method, until it is solved
+(under 1% wrong on 10,000 fresh sequences, Pascanu et al. 2013) or its budget
+(``--max_updates`` updates or ``--max_minutes`` of training time) is spent, and
+appends one JSON line to ``--results``. Rows already in that file (same problem,
+T, method, seed and ``--tag``) are skipped, so the table fills across many runs.
+
+    python -m experiments.long_memory_table --results=docs/long_memory_table.jsonl \
+        --problems=addition,temporal_order --lengths=100,200 --methods=hf_sd --seeds=0,1,2
+
+Methods (the model is the cell unrolled over the inputs with a linear readout at
+every step; the task's mask scores the steps that matter):
+
+* ``hf_sd``: Hessian-free with structural damping, Martens & Sutskever (2011)'s
+  protocol (:func:`rnnjax.optim.hessian_free.martens2011`): 100 tanh units, sparse
+  init (15 incoming weights per unit), μ = 1/30, up to ``--cg_iters`` CG steps,
+  the gradient on ``--hf_gradient_batch`` fresh sequences, curvature and
+  backtracking/line search on separate ``--hf_curvature_batch`` batches;
+* ``hf``: the same without structural damping (μ = 0);
+* ``sgd_cr``: Pascanu et al. (2013)'s SGD-CR: 50 tanh units, sparse W_hh scaled to
+  spectral radius 0.95, SGD at rate 0.01 on batches of 20, clipping at 1, the
+  regulariser Ω with weight ``--omega`` (:mod:`rnnjax.regularizers`);
+* ``adam_clip``: 100 tanh units (orthogonal W_hh), Adam 1e-3, clipping at 1;
+* ``lstm_adam``: a 100-unit LSTM, Adam 1e-3, clipping at 1.
+
+Training time excludes compilation and the periodic checks (``--eval_every``
+updates on 1,000 fresh sequences; the 10,000-sequence test runs when that check
+passes). ``--generalize_to`` also scores a solved model at longer lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app
+
+from experiments import cli
+from rnnjax import cells, initializers, recurrence, regularizers, train
+from rnnjax.data import synthetic
+from rnnjax.models import hf as hf_adapter
+from rnnjax.optim import hessian_free
+
+METHODS = ("hf_sd", "hf", "sgd_cr", "adam_clip", "lstm_adam")
+
+
+def _each_in(accepted: tuple) -> cli.Check:
+    def check(value: Any) -> str | None:
+        return None if value in accepted else "accepted values are " + ", ".join(map(str, accepted))
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The table's grid and the budget of every row."""
+
+    results: str = cli.field("docs/long_memory_table.jsonl",
+                             "JSONL file the rows are appended to (rows already there are skipped).")
+    problems: tuple[str, ...] = cli.field(synthetic.PAPER_TASKS, "Problems (comma-separated).",
+                                          check=_each_in(synthetic.PAPER_TASKS))
+    lengths: tuple[int, ...] = cli.field((50, 100, 200), "Nominal lengths T (comma-separated).",
+                                         check=cli.at_least(10))
+    methods: tuple[str, ...] = cli.field(METHODS, "Methods (comma-separated).",
+                                         check=_each_in(METHODS))
+    seeds: tuple[int, ...] = cli.field((0, 1, 2), "Seeds (comma-separated).", check=cli.non_negative)
+    tag: str = cli.field("", "A label kept in each row and in the resume key (a different "
+                         "budget or protocol gets its own rows).")
+    max_minutes: float = cli.field(60.0, "Training-time budget per row (minutes).",
+                                   check=cli.positive)
+    max_updates: int = cli.field(100_000, "Update budget per row.", check=cli.positive)
+    eval_every: int = cli.field(20, "Check the error rate every N updates of the first-order "
+                                "methods (HF: every max(1, N // 20) updates).",
+                                check=cli.positive)
+    hf_gradient_batch: int = cli.field(10_000, "HF: fresh sequences for each gradient.",
+                                       check=cli.positive)
+    hf_curvature_batch: int = cli.field(1_000, "HF: fresh sequences for the curvature products "
+                                        "and, separately, for backtracking and line search.",
+                                        check=cli.positive)
+    cg_iters: int = cli.field(300, "HF: cap on CG iterations per update.", check=cli.positive)
+    hf_lambda: float = cli.field(1.0, "HF: initial damping lambda.", check=cli.positive)
+    hidden: int = cli.field(100, "Hidden units of hf, hf_sd, adam_clip and lstm_adam "
+                            "(sgd_cr: --sgd_cr_hidden).", check=cli.positive)
+    sgd_cr_hidden: int = cli.field(50, "SGD-CR: hidden units.", check=cli.positive)
+    omega: float = cli.field(2.0, "SGD-CR: weight alpha of the regulariser Omega.",
+                             check=cli.non_negative)
+    first_order_batch: int = cli.field(20, "Batch of sgd_cr, adam_clip and lstm_adam.",
+                                       check=cli.positive)
+    generalize_to: tuple[int, ...] = cli.field((), "Also score a solved model at these lengths.",
+                                               check=cli.at_least(10))
+    test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
+                                    "success test.", check=cli.positive)
+
+    def check(self) -> None:
+        if self.hf_curvature_batch > self.hf_gradient_batch:
+            raise cli.ConfigError("hf_curvature_batch", self.hf_curvature_batch,
+                                  f"expected at most hf_gradient_batch={self.hf_gradient_batch}")
+
+
+def machine() -> str:
+    """CPU model and core count (or the accelerator), for the rows."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.device_kind} ({dev.platform})"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} core(s) usable"
+
+
+# ----------------------------------------------------------------------------- models
+
+def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
+    """Params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
+    if method in ("hf", "hf_sd"):
+        protocol = hessian_free.martens2011()
+        cell = cells.vanilla(config.hidden, protocol.activation,
+                             recurrent_init=initializers.sparse(protocol.sparse_connections),
+                             input_init=initializers.sparse(protocol.sparse_connections))
+    elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
+        cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
+                             recurrent_init=initializers.sparse(15, 0.01, radius=0.95),
+                             input_init=initializers.normal(0.01))
+    elif method == "adam_clip":
+        cell = cells.vanilla(config.hidden, "tanh")
+    else:
+        cell = cells.lstm(config.hidden)
+    # A small readout (Pascanu's N(0, 0.01²)) for every method: the sparse N(0, 1)
+    # readout starts HF at a squared error of ~5 and wastes its first updates.
+    out_init = initializers.normal(0.01)
+    k_cell, k_out = jax.random.split(key)
+    params = {"cell": cell.init(k_cell, task.input_size),
+              "W_o": out_init(k_out, (cell.hidden_size, task.output_size), jnp.float32),
+              "b_o": jnp.zeros((task.output_size,), jnp.float32)}
+
+    def net(p, batch):
+        _, hs = recurrence.unroll(cell, p["cell"], batch.inputs)
+        return hs @ p["W_o"] + p["b_o"], hs
+
+    return params, net
+
+
+def _first_order(method: str, task: synthetic.Task, net, params, config: Config, seed: int):
+    rate = 0.01 if method == "sgd_cr" else 1e-3
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.sgd(rate) if method == "sgd_cr" else optax.adam(rate))
+
+    def loss_fn(p, batch, key):
+        del key
+        outputs, hs = net(p, batch)
+        if method != "sgd_cr" or config.omega == 0:
+            return task.loss(outputs, batch)
+        readout = lambda h: task.loss(h @ p["W_o"] + p["b_o"], batch)
+        loss, om = regularizers.loss_and_omega(readout, p["cell"]["W_hh"], hs, squared=True)
+        return loss + config.omega * om
+
+    state = train.init_state(params, opt, seed=seed)
+    return state, train.make_train_step(loss_fn, opt)
+
+
+# ----------------------------------------------------------------------------- one row
+
+def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dict:
+    """Train one row until solved or out of budget; the row as a dict."""
+    task = synthetic.get(problem)
+    key = jax.random.key(seed)
+    params, net = build(method, task, config, jax.random.fold_in(key, 0))
+    data_key, eval_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
+    is_hf = method in ("hf", "hf_sd")
+    if is_hf:
+        protocol = hessian_free.martens2011(
+            structural_damping=1.0 / 30.0 if method == "hf_sd" else 0.0,
+            max_cg_iters=config.cg_iters, initial_damping=config.hf_lambda,
+            gradient_batch=config.hf_gradient_batch, curvature_batch=config.hf_curvature_batch,
+            eval_batch=config.hf_curvature_batch, hidden=config.hidden)
+        state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
+
+        def batch_fn(step):
+            k = jax.random.fold_in(data_key, step)
+            return (task.generate(jax.random.fold_in(k, 0), protocol.gradient_batch, T),
+                    task.generate(jax.random.fold_in(k, 1), protocol.curvature_batch, T),
+                    task.generate(jax.random.fold_in(k, 2), protocol.eval_batch, T))
+        eval_every = max(1, config.eval_every // 20)
+    else:
+        state, step_fn = _first_order(method, task, net, params, config, seed)
+
+        def batch_fn(step):
+            return task.generate(jax.random.fold_in(data_key, step), config.first_order_batch, T)
+        eval_every = config.eval_every
+
+    t0 = time.perf_counter()
+    step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()
+    compile_seconds = time.perf_counter() - t0
+    predict = jax.jit(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0])
+
+    def error_rate(length: int, n: int, k=eval_key) -> float:
+        return synthetic.evaluate(task, lambda xs: predict(state.params, xs), k, length,
+                                  num_sequences=n, batch_size=min(n, 1000))
+
+    train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
+    while updates < config.max_updates and train_time < 60 * config.max_minutes:
+        t0 = time.perf_counter()
+        for _ in range(min(eval_every, config.max_updates - updates)):
+            state, metrics = step_fn(state, batch_fn(updates))
+            updates += 1
+        loss = float(metrics["loss"])
+        train_time += time.perf_counter() - t0
+        rate = error_rate(T, 1000)
+        if synthetic.solved(rate):
+            rate = error_rate(T, config.test_sequences, jax.random.fold_in(eval_key, 1))
+            solved = synthetic.solved(rate)
+            if solved:
+                break
+    row: dict[str, Any] = dict(
+        problem=problem, T=T, method=method, seed=seed, tag=config.tag, solved=solved,
+        error_rate=rate, updates=updates, train_seconds=round(train_time, 1),
+        compile_seconds=round(compile_seconds, 1), final_loss=loss, machine=machine(),
+        date=time.strftime("%Y-%m-%d", time.gmtime()))
+    if is_hf:
+        hs = state.opt_state
+        row.update(grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
+                   loss_evals=int(hs.loss_evals), final_damping=float(hs.damping),
+                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                               gradient_batch=protocol.gradient_batch,
+                               curvature_batch=protocol.curvature_batch,
+                               cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
+                               hidden=config.hidden))
+    else:
+        row.update(grad_evals=updates, curvature_products=0, loss_evals=0,
+                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                               batch=config.first_order_batch,
+                               hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
+                               omega=config.omega if method == "sgd_cr" else 0.0))
+    if solved and config.generalize_to:
+        row["generalization"] = {str(L): error_rate(L, config.test_sequences,
+                                                    jax.random.fold_in(eval_key, L))
+                                 for L in config.generalize_to}
+    return row
+
+
+# ----------------------------------------------------------------------------- the table
+
+def row_key(row: dict) -> tuple:
+    return (row["problem"], int(row["T"]), row["method"], int(row["seed"]), row.get("tag", ""))
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a results file (none if it does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run(config: Config, workdir: str | None = None, report=None) -> dict:
+    """Fill the table: every (problem, T, method, seed) row not yet in ``config.results``.
+
+    Returns ``{"rows": rows run now, "skipped": n}``; ``report(row)`` is called after
+    each row. ``workdir`` also receives ``results.json`` (the rows run now).
+    """
+    cli.validate(config)
+    for problem in config.problems:
+        shortest = synthetic.get(problem).min_seq_len
+        if min(config.lengths) < shortest:
+            raise cli.ConfigError("lengths", config.lengths,
+                                  f"problem {problem} needs lengths >= {shortest}")
+    directory = os.path.dirname(os.path.abspath(config.results))
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise cli.ConfigError("results", config.results, "its directory must be writable")
+    done = {row_key(r) for r in read_rows(config.results)}
+    new, skipped = [], 0
+    for T in config.lengths:
+        for problem in config.problems:
+            for method in config.methods:
+                for seed in config.seeds:
+                    if (problem, T, method, seed, config.tag) in done:
+                        skipped += 1
+                        continue
+                    row = run_row(problem, T, method, seed, config)
+                    with open(config.results, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+                    new.append(row)
+                    if report is not None:
+                        report(row)
+    results = {"rows": new, "skipped": skipped}
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+def main(argv):
+    cli.call(run, cli.from_flags(Config, argv))
+
+
+if __name__ == "__main__":
+    cli.define_flags(Config)
+    app.run(main)

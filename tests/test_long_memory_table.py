@@ -1,0 +1,50 @@
+"""experiments.long_memory_table: rows appended to a JSONL file; a rerun skips them."""
+
+import dataclasses
+import json
+
+import pytest
+
+from experiments import cli, long_memory_table as table
+
+
+def tiny(path, **kw):
+    return dataclasses.replace(
+        table.Config(), results=str(path), problems=("temporal_order",), lengths=(10,),
+        methods=("adam_clip",), seeds=(0,), max_updates=2, eval_every=1, hidden=4,
+        test_sequences=100, **kw)
+
+
+def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
+    path = tmp_path / "table.jsonl"
+    first = table.run(tiny(path), None)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(first["rows"]) == 1 and rows == first["rows"]
+    row = rows[0]
+    assert {row[k] for k in ("problem", "T", "method", "seed")} >= {"temporal_order", 10}
+    assert row["updates"] == 2 and row["grad_evals"] == 2 and row["budget"]["max_updates"] == 2
+    assert isinstance(row["solved"], bool) and row["machine"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished row was recomputed")
+
+    monkeypatch.setattr(table, "run_row", no_training)
+    again = table.run(dataclasses.replace(tiny(path), max_updates=5), None)
+    assert again == {"rows": [], "skipped": 1}
+    assert path.read_text().count("\n") == 1
+    monkeypatch.undo()
+    # Another tag is another row.
+    table.run(tiny(path, tag="other"), None)
+    assert [json.loads(x)["tag"] for x in path.read_text().splitlines()] == ["", "other"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("problems", ("adding",), "accepted values are addition"),
+    ("methods", ("sgd",), "accepted values are hf_sd"),
+    ("lengths", (5,), "expected at least 10"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, field, value, message):
+    config = dataclasses.replace(tiny(tmp_path / "t.jsonl"), **{field: value})
+    with pytest.raises(cli.ConfigError, match=message):
+        table.run(config, None)
+    assert not (tmp_path / "t.jsonl").exists()
