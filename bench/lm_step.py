@@ -12,6 +12,9 @@ Columns:
   rnnjax_scan  rnnjax's generic lax.scan (cells.X(..., fused=False)), jax.grad through it.
   rnnjax       rnnjax's default cells (rnnjax.fused, custom-JVP mode: all autodiff works).
   rnnjax_vjp   cells.X(..., fused="vjp"): the custom-VJP mode (reverse mode only).
+  rnnjax_onednn  rnnjax's cells on oneDNN's fused RNN primitives (rnnjax.kernels.onednn,
+               backend="onednn"; needs the onednn extra and a C++ compiler), XLA around
+               them. It takes dense inputs: one-hot vectors also with --input=ids.
   rnnjax_dp    rnnjax's default cells, data-parallel (rnnjax.parallel): the batch split
                over all JAX devices, the gradients all-reduced. On a CPU, --cpu_devices=N
                makes N CPU devices, one per core, instead of one device whose matmuls
@@ -51,8 +54,8 @@ from absl import app, flags
 
 from rnnjax import allocator
 
-FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp", "rnnjax_dp",
-              "rnnjax_dp_vjp", "torch_dp_ideal")
+FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp", "rnnjax_onednn",
+              "rnnjax_dp", "rnnjax_dp_vjp", "torch_dp_ideal")
 CELLS = ("tanh", "lstm", "gru")
 GATES = {"tanh": 1, "lstm": 4, "gru": 3}
 
@@ -178,12 +181,15 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     else:
         from rnnjax import cells, recurrence
-        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp",
+        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp", "rnnjax_onednn": True,
                  "rnnjax_dp": True, "rnnjax_dp_vjp": "vjp"}[framework]
         cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
                 "lstm": lambda: cells.lstm(H, fused=fused),
                 "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()
-        ids = cfg["input"] == "ids"
+        ids = cfg["input"] == "ids" and framework != "rnnjax_onednn"  # oneDNN: dense inputs
+        if framework == "rnnjax_onednn":
+            from rnnjax.kernels import onednn
+            cell = onednn.with_backend(cell, "onednn", threads=cfg.get("threads", 0))
         if ids:  # token ids in, a row lookup for the one-hot projection
             from rnnjax.models import lm
             cell = lm.one_hot_cell(cell, V)
@@ -361,7 +367,7 @@ def main(argv):
         torch_info = "torch not run"
 
     cfg = dict(B=FLAGS.batch, T=FLAGS.length, H=FLAGS.hidden, V=FLAGS.vocab, E=FLAGS.embed,
-               input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll,
+               input=FLAGS.input, lr=FLAGS.learning_rate, unroll=unroll, threads=FLAGS.threads,
                opt_level=FLAGS.xla_opt_level, torch_device=torch_device)
     D = cfg["E"] if cfg["input"] == "embedding" else cfg["V"]
     tokens = cfg["B"] * cfg["T"]
@@ -379,6 +385,15 @@ def main(argv):
         peak = matmul_rate(n=8192, torch_device=torch_device)
         print(f"# float32 matmul rate on {jax.devices()[0].device_kind} (8192^3, default "
               f"precision, best of JAX/torch): {peak:.0f} GFLOP/s wall")
+
+    if "rnnjax_onednn" in frameworks:  # the kernel build (or cache load), before any model
+        from rnnjax.kernels import onednn
+        t0 = time.perf_counter()
+        if not onednn.available():
+            raise app.UsageError("--frameworks=rnnjax_onednn needs oneDNN's kernel: pip install "
+                                 "'.[onednn]' and a C++ compiler (see the warning above)")
+        print(f"# oneDNN kernel ready in {time.perf_counter() - t0:.2f} s (compiled unless "
+              f"cached in {onednn.cache_root()})", flush=True)
 
     models = {}
     for cell in FLAGS.cells:

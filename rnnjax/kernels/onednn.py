@@ -40,6 +40,7 @@ Shapes: T steps, B batch, D inputs, H hidden; G = 4H (LSTM), 3H (GRU), H (vanill
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -124,17 +125,23 @@ def _build(cxx: str, include: Path, libdir: Path) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary name and rename: concurrent processes never load half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
-           f"-I{jax.ffi.include_dir()}", f"-I{include}", str(_SOURCE), "-o", tmp,
-           f"-L{libdir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"{cxx} failed: {result.stderr.strip().splitlines()[-1:]}")
-    os.replace(tmp, target)
+    # One process builds (the others wait on the lock, then find the file); the build goes
+    # to a temporary name and is renamed, so no process ever loads half a file.
+    with open(target.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w",
+               f"-I{jax.ffi.include_dir()}", f"-I{include}", str(_SOURCE), "-o", tmp,
+               f"-L{libdir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            os.unlink(tmp)
+            raise RuntimeError(f"{Path(cxx).name} failed: "
+                               f"{' '.join(result.stderr.strip().splitlines()[-1:])}")
+        os.replace(tmp, target)
     return target
 
 

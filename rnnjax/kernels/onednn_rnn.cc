@@ -14,6 +14,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -94,13 +95,17 @@ template <typename Fwd, typename Bwd, typename... Extra>
 void make(Prims& p, const Shape& s, const UserDescs& u, bool backward, Extra... extra) {
   const auto train = dnnl::prop_kind::forward_training;
   const auto dir = direction(s);
+  // The caller passes the scratchpad: oneDNN's own (library mode) is per thread and sized
+  // in the thread that made the primitive, while XLA runs it on any of its threads.
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   typename Fwd::primitive_desc fpd;
   if constexpr (std::is_same_v<Fwd, dnnl::lstm_forward>) {
     fpd = typename Fwd::primitive_desc(engine(), train, dir, u.x, u.h0, u.c0, any_like(u.wx),
-                                       any_like(u.wh), u.b, u.hs, u.hT, u.cT);
+                                       any_like(u.wh), u.b, u.hs, u.hT, u.cT, attr);
   } else {
     fpd = typename Fwd::primitive_desc(engine(), train, extra..., dir, u.x, u.h0,
-                                       any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT);
+                                       any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT, attr);
   }
   p.fwd_pd = fpd;
   p.fwd = dnnl::primitive(p.fwd_pd);
@@ -110,11 +115,13 @@ void make(Prims& p, const Shape& s, const UserDescs& u, bool backward, Extra... 
   if constexpr (std::is_same_v<Fwd, dnnl::lstm_forward>) {
     bpd = typename Bwd::primitive_desc(
         engine(), bw, dir, u.x, u.h0, u.c0, any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT,
-        u.cT, u.x, u.h0, u.c0, any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT, u.cT, fpd);
+        u.cT, u.x, u.h0, u.c0, any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT, u.cT, fpd,
+        attr);
   } else {
     bpd = typename Bwd::primitive_desc(engine(), bw, extra..., dir, u.x, u.h0, any_like(u.wx),
                                        any_like(u.wh), u.b, u.hs, u.hT, u.x, u.h0,
-                                       any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT, fpd);
+                                       any_like(u.wx), any_like(u.wh), u.b, u.hs, u.hT, fpd,
+                                       attr);
   }
   p.bwd_pd = bpd;
   p.bwd = dnnl::primitive(p.bwd_pd);
@@ -153,6 +160,23 @@ memory as(memory user, const memory::desc& wanted, dnnl::stream& st) {
   memory m(wanted, engine());
   dnnl::reorder(user, m).execute(st, user, m);
   return m;
+}
+
+// A per-thread scratchpad buffer that grows to the largest request and is reused.
+memory scratchpad(const dnnl::primitive_desc& pd) {
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Free> buf;
+  thread_local size_t capacity = 0;
+  const memory::desc d = pd.scratchpad_desc();
+  const size_t n = d.get_size();
+  if (n > capacity) {
+    buf.reset(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096));
+    if (!buf) throw dnnl::error(dnnl_out_of_memory, "scratchpad allocation failed");
+    capacity = n;
+  }
+  return memory(d, engine(), buf.get());
 }
 
 void set_threads(int64_t threads) {
@@ -200,6 +224,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wx, ffi::Buffe
         {DNNL_ARG_DST_LAYER, wrap(u.hs, hs->typed_data())},
         {DNNL_ARG_DST_ITER, wrap(u.hT, hT->typed_data())},
         {DNNL_ARG_WORKSPACE, wrap(p.fwd_pd.workspace_desc(), ws->untyped_data())},
+        {DNNL_ARG_SCRATCHPAD, scratchpad(p.fwd_pd)},
     };
     if (s.has_c()) {
       args[DNNL_ARG_SRC_ITER_C] = wrap(u.c0, c0.typed_data());
@@ -259,6 +284,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wx, ffi::Buff
         {DNNL_ARG_DIFF_WEIGHTS_LAYER, dwx_p},
         {DNNL_ARG_DIFF_WEIGHTS_ITER, dwh_p},
         {DNNL_ARG_DIFF_BIAS, wrap(u.b, db->typed_data())},
+        {DNNL_ARG_SCRATCHPAD, scratchpad(p.bwd_pd)},
     };
     if (s.has_c()) {
       args[DNNL_ARG_SRC_ITER_C] = wrap(u.c0, c0.typed_data());
