@@ -15,7 +15,7 @@ every step; the task's mask scores the steps that matter):
 
 * ``hf_sd``: Hessian-free with structural damping, Martens & Sutskever (2011)'s
   protocol (:func:`rnnjax.optim.hessian_free.martens2011`): 100 tanh units, sparse
-  init (15 incoming weights per unit), μ = 1/30, up to ``--cg_iters`` CG steps,
+  init (15 incoming weights per unit, W_hh at spectral radius 1.1), μ = 1/30, up to ``--cg_iters`` CG steps,
   the gradient on ``--hf_gradient_batch`` fresh sequences, curvature and
   backtracking/line search on separate ``--hf_curvature_batch`` batches;
 * ``hf``: the same without structural damping (μ = 0);
@@ -126,7 +126,8 @@ def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     if method in ("hf", "hf_sd"):
         protocol = hessian_free.martens2011()
         cell = cells.vanilla(config.hidden, protocol.activation,
-                             recurrent_init=initializers.sparse(protocol.sparse_connections),
+                             recurrent_init=initializers.sparse(protocol.sparse_connections,
+                                                                radius=protocol.spectral_radius),
                              input_init=initializers.sparse(protocol.sparse_connections))
     elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
         cell = cells.vanilla(config.sgd_cr_hidden, "tanh",

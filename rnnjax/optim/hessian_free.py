@@ -397,7 +397,7 @@ class Protocol:
     activation: str = "tanh"
     recurrent_init: str = "sparse"     # 15 non-zero incoming weights per unit
     sparse_connections: int = 15
-    spectral_radius: float | None = None
+    spectral_radius: float | None = 1.1
     initial_damping: float = 1.0
     structural_damping: float = 1.0 / 30.0
     max_cg_iters: int = 300
@@ -417,7 +417,11 @@ class Protocol:
 def martens2011(**overrides: Any) -> Protocol:
     """Martens & Sutskever (2011)'s protocol for the long-term-dependency problems.
 
-    100 tanh units with sparse initialisation (15 incoming weights per unit);
+    100 tanh units with sparse initialisation (15 incoming weights ~N(0, 1) per unit,
+    W_hh then scaled to spectral radius 1.1: unscaled, its radius is about √15 ≈ 3.9,
+    the units saturate and HF barely learned addition at T = 10 in 12 updates,
+    where the scaled init solved it in 7; the 1.1 is this library's choice, the
+    paper's exact scaling is not verified);
     structural damping μ = 1/30 (the hidden-state penalty weight is μλ); up to 300
     CG iterations per update; the gradient on 10,000 fresh sequences, the curvature
     products and backtracking/line search on separate fresh 1,000-sequence batches.
