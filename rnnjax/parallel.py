@@ -12,10 +12,11 @@ names a backend: the same code runs on CPU devices, GPUs or TPU cores.
     state, history = train.run(workdir, state, step, batch_fn, steps=..., jit=False)
 
 On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before
-importing jax) makes four CPU devices to test with. For several hosts, call
-``jax.distributed.initialize()`` first on every host; ``jax.devices()`` then
-lists all hosts' devices and the same mesh code spans them (each host feeds
-its own slice of the batch).
+importing jax) makes four CPU devices to test with. For several processes or
+hosts, call :func:`rnnjax.distributed.initialize` first in every process;
+``jax.devices()`` then lists all processes' devices and the same mesh code spans
+them: every process computes the same host batch (a pure function of the step)
+and puts only its own devices' slices of it on its devices.
 """
 
 from __future__ import annotations
@@ -66,14 +67,34 @@ def batch_sharding(batch: PyTree, mesh: Mesh, batch_axis: int = 0) -> PyTree:
     return jax.tree.map(one, batch)
 
 
+def put(tree: PyTree, shardings: PyTree) -> PyTree:
+    """``jax.device_put(tree, shardings)``, also when the shardings span other processes'
+    devices: then each process places only its own devices' slices of its (identical)
+    host values."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            # A typed key: place its raw data, then wrap it again (keys have no numpy form).
+            data = one(jax.random.key_data(x), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(one, tree, shardings)
+
+
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Put a full copy of ``tree`` (e.g. the train state) on every device."""
-    return jax.device_put(tree, replicated(mesh))
+    return put(tree, jax.tree.map(lambda _: replicated(mesh), tree))
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, batch_axis: int = 0) -> PyTree:
     """Split ``batch`` over the devices along ``batch_axis``."""
-    return jax.device_put(batch, batch_sharding(batch, mesh, batch_axis))
+    return put(batch, batch_sharding(batch, mesh, batch_axis))
 
 
 def train_state_shardings(state: PyTree, mesh: Mesh, extra_batch_axis: int = 0) -> PyTree:

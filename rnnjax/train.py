@@ -408,7 +408,10 @@ def run(
     jitted = jax.jit(step_fn) if jit else step_fn
     start = int(np.max(np.asarray(state.step)))
     bar = None
-    if progress and steps > start:
+    # In a multi-process run (rnnjax.distributed) every process trains and saves its part
+    # of each checkpoint; only process 0 shows progress and writes metrics.
+    primary = jax.process_index() == 0
+    if progress and primary and steps > start:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, dynamic_ncols=True, smoothing=0.1)
 
@@ -426,7 +429,8 @@ def run(
     t_window = time.perf_counter()
     t_start = time.time()
     try:
-        metrics_file = open(metrics_file_io.path_of(workdir), "a") if workdir else None
+        metrics_file = (open(metrics_file_io.path_of(workdir), "a")
+                        if workdir and primary else None)
         for s in range(start, steps):
             state, metrics = jitted(state, batch_fn(s))
             window.append(metrics)  # fetched at the next record: no sync per step
