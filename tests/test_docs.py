@@ -1,7 +1,12 @@
-"""The documentation's self-contained Python examples run as written.
+"""Every Python example in README.md and docs/*.md runs as written.
 
-Each example is found by a line it contains, so an edit that breaks one (a renamed
-function, a changed signature) fails here rather than in a reader's hands.
+Each ```python block is one test, named by its file and first line, so an edit that
+breaks one (a renamed function, a changed signature) fails here rather than in a
+reader's hands. Markers on the line before a block render as nothing:
+``<!-- test_docs: skip (why) -->`` for a block that must not run here (it trains for
+minutes, or re-executes the process; reported as skipped with that reason), and
+``<!-- test_docs: continues -->`` for one that continues the file's previous block
+(the last one that is not skipped, which then runs first).
 """
 
 from __future__ import annotations
@@ -10,39 +15,64 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-EXAMPLES = [  # (file, a line of the example)
-    ("README.md", "grads = jax.jit(jax.grad(loss))(params)"),
-    ("README.md", "norms = diagnostics.hidden_gradient_norms("),
-    ("docs/gradients.md", "norms = diagnostics.hidden_gradient_norms("),
-    ("docs/language_models.md", "model = lm.LanguageModel(len(vocab), cell=\"mrnn\""),
-]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SKIP = re.compile(r"<!--\s*test_docs:\s*skip\s*\((.*?)\)\s*-->\s*\n```python\n")
+CONTINUES = re.compile(r"<!--\s*test_docs:\s*continues\s*-->\s*\n```python\n")
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def _python_blocks(path: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+def _examples() -> list:
+    params = []
+    for path in DOCS:
+        text = path.read_text()
+        skipped = {m.end(): m.group(1) for m in SKIP.finditer(text)}
+        continued = {m.end() for m in CONTINUES.finditer(text)}
+        previous = ""
+        for m in BLOCK.finditer(text):
+            code = m.group(1)
+            if m.start() + len("```python\n") in continued:
+                code = previous + code
+            line = text.count("\n", 0, m.start()) + 1
+            name = f"{path.relative_to(ROOT)}:{line}"
+            reason = skipped.get(m.start() + len("```python\n"))
+            if reason is None:
+                previous = code
+            marks = [pytest.mark.skip(reason=reason)] if reason is not None else []
+            params.append(pytest.param(name, code, marks=marks, id=name))
+    return params
 
 
-def _example(file: str, line: str) -> str:
-    found = [b for b in _python_blocks(ROOT / file) if line in b]
-    assert len(found) == 1, f"{file}: {len(found)} python blocks contain {line!r}"
-    return found[0]
+EXAMPLES = _examples()
 
 
-@pytest.mark.parametrize("file,line", EXAMPLES, ids=[f"{f}:{l[:30]}" for f, l in EXAMPLES])
-def test_example_runs_as_written(file, line, tmp_path, monkeypatch):
+def test_examples_are_found():
+    names = [p.values[0].split(":")[0] for p in EXAMPLES]
+    assert "README.md" in names and "docs/gradients.md" in names, names
+
+
+@pytest.mark.parametrize("name,code", EXAMPLES)
+def test_example_runs_as_written(name, code, tmp_path, monkeypatch):
     matplotlib.use("Agg")
-    # Files the examples write (a plot under /tmp) go to the test's directory instead.
-    code = _example(file, line).replace('"/tmp/', f'"{tmp_path}/')
+    # Files the examples write (under /tmp) go to the test's directory instead.
+    code = code.replace('"/tmp/', f'"{tmp_path}/')
     monkeypatch.chdir(ROOT)
-    namespace: dict = {}
-    exec(compile(code, f"{file} example", "exec"), namespace)
+    namespace: dict = {"__name__": "docs_example"}
+    exec(compile(code, name, "exec"), namespace)
     if "norms" in namespace:  # the diagnostics example: one norm per step, and its plot
         assert namespace["norms"].shape == (100,) and (tmp_path / "lag.png").stat().st_size > 0
-    if "grads" in namespace:
+    if "grads" in namespace and "auto" not in namespace:  # README: a gradient for every param
         assert set(namespace["grads"]) == set(namespace["params"])
+    if "auto" in namespace:  # docs/bptt.md: BPTT by hand equals jax.grad
+        for k, g in namespace["grads"].items():
+            assert abs(g - namespace["auto"][k]).max() < 1e-4, k
     if "ids" in namespace:  # the language-model example sampled 500 characters
         assert len(namespace["vocab"].decode(namespace["ids"])) >= 500
+    history = namespace.get("history")
+    if isinstance(history, list) and history and "loss" in history[0]:  # training examples learn
+        assert np.mean(history[-1]["loss"]) < np.mean(history[0]["loss"])
+    if "trace" in namespace:  # docs/handset.md: the running parity of 1 0 1 1 0
+        assert namespace["trace"].outputs[:, 0].tolist() == [1, 1, 0, 1, 1]
