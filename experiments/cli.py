@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 import jax
 from absl import app, flags, logging  # logging also defines --verbosity
 
-from rnnjax import cells, compile_cache, errors, tensorboard
+from rnnjax import cells, compile_cache, distributed, errors, tensorboard
 from rnnjax import workdir as workdir_lib
 from rnnjax.optim import factory as optim_factory
 
@@ -283,6 +283,13 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS) -> Non
                         "the next run with the same shapes loads them instead of compiling: "
                         "'auto' ($RNNJAX_COMPILATION_CACHE, else ~/.cache/rnnjax/xla), a "
                         "directory, or 'none'.", flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "Multi-process training: process 0's "
+                        "host:port, the same for every process (rnnjax.distributed).",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Multi-process training: how many processes "
+                         "take part.", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Multi-process training: this process's index in "
+                         "[0, --num_processes).", flag_values=flag_values)
     hints = _types(config_cls)
     for f in dataclasses.fields(config_cls):
         meta = _metadata(config_cls)[f.name]
@@ -343,7 +350,30 @@ def from_flags(config_cls: type, argv: list[str] | None = None,
     if not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     apply_compilation_cache(flag_values["compilation_cache"].value)
+    join_processes(flag_values)
     return config
+
+
+def join_processes(flag_values: flags.FlagValues = FLAGS) -> None:
+    """``jax.distributed.initialize`` when ``--num_processes`` (or ``--coordinator_address``)
+    is given, with a one-line error for an incomplete or inconsistent set."""
+    address = flag_values["coordinator_address"].value
+    count, index = flag_values["num_processes"].value, flag_values["process_id"].value
+    if address is None and count is None and index is None:
+        return
+    if count is not None and count < 1:
+        raise app.UsageError(f"--num_processes={count} is invalid: expected a positive integer")
+    if count is not None and index is not None and not 0 <= index < count:
+        raise app.UsageError(f"--process_id={index} is invalid: expected an index in "
+                             f"[0, {count}) (--num_processes={count})")
+    if address is not None and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+        raise app.UsageError(f"--coordinator_address={address!r} is invalid: expected "
+                             "host:port, e.g. localhost:1234")
+    try:
+        distributed.initialize(address, count, index)
+    except (RuntimeError, ValueError) as e:  # JAX's own message: e.g. no cluster detected
+        raise app.UsageError(f"--coordinator_address/--num_processes/--process_id: could not "
+                             f"join the other processes ({str(e).splitlines()[0]})") from None
 
 
 def parse_value(config_cls: type, name: str, text: str) -> Any:
