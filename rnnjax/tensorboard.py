@@ -20,6 +20,7 @@ import glob
 import math
 import os
 import struct
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -47,9 +48,10 @@ class EventLog:
         if enabled and self.logdir and process_index == 0:
             try:
                 from tensorboardX import SummaryWriter
-            except ImportError:
-                raise ImportError("TensorBoard logs need tensorboardX: pip install tensorboardX "
-                                  "(or turn them off with --notensorboard)") from None
+            except ImportError:  # a dependency, but a hand-made environment may lack it
+                warnings.warn("no TensorBoard logs: tensorboardX is not installed "
+                              "(pip install tensorboardX)", stacklevel=2)
+                return
             self._writer = SummaryWriter(self.logdir, flush_secs=10)
 
     @property
