@@ -28,86 +28,96 @@ Run (about two minutes on 2 busy CPU cores)::
 
 It prints the accuracy table (per step and whole sequences) and writes it to
 ``<workdir>/results.json``; training curves are in ``<workdir>/<model>/metrics.jsonl``.
+From Python::
+
+    config = dataclasses.replace(parity.Config(), steps=200, models=("rnn",))
+    results = parity.run(config, "runs/parity")     # also in runs/parity/results.json
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 
-from experiments import flags as common
-from rnnjax import cells, checkpoint, handset, losses, optimizers, recurrence, sweep, train
+from experiments import cli
+from rnnjax import cells, checkpoint, handset, losses, recurrence, sweep, train
 from rnnjax.data import synthetic
-
-FLAGS = flags.FLAGS
-common.define("integer", "train_length", 10, "Length of the training sequences.")
-common.define("float", "steepness", 1.0, "beta in act(beta z) of a vanilla RNN cell. Steep units "
-                   "saturate sooner (a discrete automaton generalises to any length); measured "
-                   "over 3 seeds, beta=4 did not generalise more often than beta=1 (docs/training.md).")
-common.define("list", "length_factors", ["10", "100"], "Test at these multiples of --train_length.")
-common.define("integer", "eval_sequences", 1000, "Held-out sequences per test length.")
-common.define("integer", "window", None, "Inputs the feed-forward baseline sees (default: "
-                     "--train_length, so it can be perfect on training-length sequences).")
-common.define("integer", "window_hidden", 128, "Hidden units per layer of the feed-forward baseline.")
-common.define("integer", "window_steps", 1500, "Training steps of the feed-forward baseline.")
-common.define("integer", "lecture_steps", 1500, "Training steps of the lecture-architecture network.")
-common.define("integer", "lecture_seeds", 8, "Seeds of the lecture-architecture network, trained "
-                     "at once with jax.vmap; the best is reported.")
-
-common.define("list", "models", ["rnn", "lecture", "window"], "Which models to train: any of "
-                  "rnn, lecture, window.")
+from rnnjax.models import tagger
+from rnnjax.optim import factory
 
 PARITY = synthetic.get("parity")
 MODELS = ("rnn", "lecture", "window")
+VANILLA = ("tanh", "relu", "identity", "logistic", "irnn")  # cells --steepness applies to
 LogitsFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def _model_name(value: str) -> str | None:
+    return None if value in MODELS else "accepted: a comma-separated subset of " + ", ".join(MODELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.TrainConfig):
+    """The parity experiment's settings (the flags of ``python -m experiments.parity``)."""
+
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-2
+    hidden: int = 16
+    clip_norm: float | None = 1.0
+    log_every: int = 100
+    checkpoint_every: int = 500
+    train_length: int = cli.field(10, "Length of the training sequences.", check=cli.positive)
+    steepness: float = cli.field(
+        1.0, "beta in act(beta z) of a vanilla RNN cell. Steep units saturate sooner (a discrete "
+        "automaton generalises to any length); measured over 3 seeds, beta=4 did not generalise "
+        "more often than beta=1 (docs/training.md).", check=cli.positive)
+    length_factors: tuple[int, ...] = cli.field(
+        (10, 100), "Test at these multiples of --train_length.", check=cli.positive)
+    eval_sequences: int = cli.field(1000, "Held-out sequences per test length.",
+                                    check=cli.positive)
+    window: int | None = cli.field(None, "Inputs the feed-forward baseline sees (default: "
+                                   "--train_length, so it can be perfect on training-length "
+                                   "sequences).", check=cli.positive)
+    window_hidden: int = cli.field(128, "Hidden units per layer of the feed-forward baseline.",
+                                   check=cli.positive)
+    window_steps: int = cli.field(1500, "Training steps of the feed-forward baseline.",
+                                  check=cli.positive)
+    lecture_steps: int = cli.field(1500, "Training steps of the lecture-architecture network.",
+                                   check=cli.positive)
+    lecture_seeds: int = cli.field(8, "Seeds of the lecture-architecture network, trained at "
+                                   "once with jax.vmap; the best is reported.", check=cli.positive)
+    models: tuple[str, ...] = cli.field(MODELS, "Which models to train: any of rnn, lecture, "
+                                        "window.", check=_model_name)
+
+    # Only what is measured after training may change when a workdir is reused.
+    RESUMABLE = frozenset({"eval_sequences", "length_factors", "models"})
+
+    def check(self) -> None:
+        if not self.length_factors:
+            raise cli.ConfigError("length_factors", self.length_factors,
+                                  "expected a comma-separated list of positive integers, e.g. 10,100")
+        if not self.models:
+            raise cli.ConfigError("models", self.models, _model_name(""))
+        if self.steepness != 1.0 and self.cell not in VANILLA:
+            raise cli.ConfigError("steepness", self.steepness,
+                                  f"applies to vanilla cells only; with cell={self.cell} set "
+                                  "steepness=1")
+        super().check()
 
 
 # ----------------------------------------------------------------------------- models
 
-def steep(cell: cells.Cell, beta: float) -> cells.Cell:
-    """``cell`` with its pre-activations multiplied by ``beta`` (vanilla cells).
-
-    act(beta * (x W_xh + h W_hh + b)): the same function class, but the units
-    saturate at smaller weights, and gradient descent finds saturated
-    (automaton-like) solutions sooner.
-    """
-    if beta == 1.0:
-        return cell
-    if not cell.name.startswith("vanilla"):
-        raise ValueError(f"--steepness applies to vanilla cells (tanh, logistic, ...), not {cell.name}")
-
-    def scaled(p: dict) -> dict:
-        # beta * (x W_xh + h W_hh + b_h) == x (beta W_xh) + h (beta W_hh) + beta b_h
-        return {k: beta * v if k in ("W_xh", "W_hh", "b_h") else v for k, v in p.items()}
-
-    base_unroll = cell.unroll
-    return cell._replace(
-        name=f"{cell.name}*{beta:g}",
-        project=lambda p, xs: cell.project(scaled(p), xs),
-        recurrent_step=lambda p, h, xp: cell.recurrent_step(scaled(p), h, xp),
-        # The cell's own (fused) unroll, if it has one, on the scaled weights.
-        unroll=None if base_unroll is None else (
-            lambda p, xs, **kw: base_unroll(scaled(p), xs, **kw)))
-
-
-def init_rnn(key: jax.Array, cell: cells.Cell) -> dict:
-    """Params of a cell with a 2-way softmax readout: {"cell", "W_hy" [H, 2], "b_y" [2]}."""
-    k_cell, k_out = jax.random.split(key)
-    return {"cell": cell.init(k_cell, 1),
-            "W_hy": jax.random.normal(k_out, (cell.hidden_size, 2)) / np.sqrt(cell.hidden_size),
-            "b_y": jnp.zeros(2)}
-
-
-def rnn_logits(cell: cells.Cell, params: dict, xs: jax.Array) -> jax.Array:
-    """xs [T, B, 1] bits -> logits [T, B, 2] of the running parity."""
-    _, hs = recurrence.unroll(cell, params["cell"], xs)
-    return hs @ params["W_hy"] + params["b_y"]
+def rnn_model(config: Config) -> tagger.Tagger:
+    """Model 1: the cell of ``config`` (steepened) with a 2-way softmax readout at every step."""
+    cell = cells.steep(cells.by_name(config.cell, config.hidden), config.steepness)
+    return tagger.make(cell, input_size=1, output_size=2)
 
 
 def windows(xs: jax.Array, k: int) -> jax.Array:
@@ -199,10 +209,12 @@ def _subdir(workdir: str | None, name: str) -> str | None:
 
 def train_model(workdir: str | None, params: Any, logits_fn: LogitsFn, *, steps: int,
                 seed: int, batch_size: int, length: int, optimizer: Any,
-                clip_norm: float | None, log_every: int, checkpoint_every: int | None = None,
-                keep: int = 2, max_bad_steps: int | None = 10,
+                clip_norm: float | None = None, log_every: int,
+                checkpoint_every: int | None = None, keep: int = 2,
+                max_bad_steps: int | None = 10,
                 progress: bool = False) -> tuple[train.TrainState, list[dict]]:
-    """Train ``params`` on parity of length ``length`` with the rnnjax loop."""
+    """Train ``params`` on parity of length ``length`` with the rnnjax loop (``clip_norm``:
+    clipping in the step, for an optimizer that does not clip itself)."""
     state = train.init_state(params, optimizer, seed=seed)
     step_fn = train.make_train_step(classification_loss(logits_fn), optimizer,
                                     clip_norm=clip_norm, has_aux=True)
@@ -219,7 +231,7 @@ def train_lecture_networks(workdir: str | None, *, seeds: int, steps: int, seed:
 
     Returns (params of the best member, final train loss of every member).
     """
-    optimizer = optimizers.make("adam", learning_rate)
+    optimizer = factory.make("adam", learning_rate)
     cell = lecture_cell()
 
     def init_one(key):
@@ -236,208 +248,94 @@ def train_lecture_networks(workdir: str | None, *, seeds: int, steps: int, seed:
     return sweep.member(states, int(np.argmin(final))).params, list(final)
 
 
-# ----------------------------------------------------------------------------- probes
+# ----------------------------------------------------------------------------- run
 
-BOOLEAN_NAMES = {  # truth table over (a, b) = (0,0), (0,1), (1,0), (1,1)
-    (0, 0, 0, 1): "AND", (0, 1, 1, 1): "OR", (0, 1, 1, 0): "XOR", (1, 1, 1, 0): "NAND",
-    (1, 0, 0, 0): "NOR", (1, 0, 0, 1): "XNOR", (0, 0, 1, 1): "a", (0, 1, 0, 1): "b",
-    (1, 1, 0, 0): "NOT a", (1, 0, 1, 0): "NOT b", (0, 0, 1, 0): "a AND NOT b",
-    (0, 1, 0, 0): "b AND NOT a", (1, 0, 1, 1): "a OR NOT b", (1, 1, 0, 1): "b OR NOT a",
-    (0, 0, 0, 0): "FALSE", (1, 1, 1, 1): "TRUE",
-}
-
-
-def lecture_truth_tables(params: dict) -> dict[str, str]:
-    """Each unit of an output-feedback parity network as a boolean function.
-
-    Hidden units are read as functions of (a, b) = (previous output, input);
-    the output unit as a function of the two hidden units (a, b) = (h1, h2).
-    A unit is "on" when its logistic (or threshold) output exceeds 0.5.
-    """
-    ab = jnp.array([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float32)
-    z_hidden = ab[:, 1:] @ params["W_xh"] + ab[:, :1] @ params["W_yh"] + params["b_h"]  # [4, 2]
-    z_out = ab @ params["W_hy"] + params["b_y"]  # [4, 1]
-    table = lambda z: BOOLEAN_NAMES[tuple(int(v) for v in np.asarray(z > 0))]
-    return {"h1 (prev output, input)": table(z_hidden[:, 0]),
-            "h2 (prev output, input)": table(z_hidden[:, 1]),
-            "output (h1, h2)": table(z_out[:, 0])}
-
-
-def negate_hidden_unit(params: dict, i: int) -> dict:
-    """An equivalent output-feedback network with hidden unit ``i`` negated.
-
-    With logistic (or threshold) units, act(-z) = 1 - act(z): flipping the
-    signs of the unit's incoming weights and bias makes it compute NOT of what
-    it computed; the output unit then sees 1 - h_i, which its weight -w and
-    bias b + w undo exactly. So (NOR, AND -> NOR) is the same network as the
-    lecture's (OR, AND -> "OR and not AND") up to this symmetry.
-    """
-    p = {k: np.array(v, np.float64) for k, v in params.items()}
-    for name in ("W_xh", "W_yh"):
-        p[name][:, i] *= -1
-    p["b_h"][i] *= -1
-    p["b_y"] = p["b_y"] + p["W_hy"][i]
-    p["W_hy"][i] *= -1
-    return p
-
-
-def canonical_lecture_params(params: dict) -> dict:
-    """Learned lecture-network params mapped onto the hand-set network's form.
-
-    Hidden units that compute NAND or NOR are negated (to AND or OR, see
-    :func:`negate_hidden_unit`) and the two hidden units are ordered AND
-    first, as in the lecture. The function computed does not change.
-    """
-    tables = lecture_truth_tables(params)
-    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-    for i, key in enumerate(("h1 (prev output, input)", "h2 (prev output, input)")):
-        if tables[key] in ("NAND", "NOR"):
-            p = negate_hidden_unit(p, i)
-    if lecture_truth_tables(p)["h2 (prev output, input)"] == "AND":
-        p = {k: (v[..., ::-1] if k in ("W_xh", "W_yh", "b_h") else v[::-1] if k == "W_hy" else v)
-             for k, v in p.items()}
-    return p
-
-
-def lecture_weight_table(learned: dict) -> str:
-    """Hand-set and learned weights side by side, each unit scaled to unit norm.
-
-    The learned network is first put in the hand-set one's form
-    (:func:`canonical_lecture_params`: negated units flipped back, AND unit
-    first). A threshold unit is unchanged by a positive scaling of its incoming
-    weights and bias, so each unit's weights are compared after normalising;
-    the last column is the cosine of the two.
-    """
-    hand = handset.parity_network().params
-    learned = canonical_lecture_params(learned)
-
-    def units(p):
-        rows = {f"h{i + 1}": np.array([p["W_xh"][0, i], p["W_yh"][0, i], p["b_h"][i]])
-                for i in range(2)}
-        rows["y"] = np.array([p["W_hy"][0, 0], p["W_hy"][1, 0], p["b_y"][0]])
-        return {k: v / np.linalg.norm(v) for k, v in rows.items()}, rows
-
-    (h, _), (mine, raw) = units(hand), units(learned)
-    fmt = lambda v: " ".join(f"{x:+6.2f}" for x in v)
-    lines = ["weights: h1, h2 = [input, prev output, bias]; y = [h1, h2, bias]",
-             "unit  hand-set (normalised)   learned (normalised)    cosine   learned (raw)"]
-    for k in h:
-        lines.append(f"{k:4s}  {fmt(h[k]):24s}{fmt(mine[k]):24s}{float(h[k] @ mine[k]):+.3f}"
-                     f"    {fmt(raw[k])}")
-    return "\n".join(lines)
-
-
-def rnn_unit_functions(cell: cells.Cell, params: dict, key: jax.Array, length: int = 50,
-                       num: int = 200, agreement: float = 0.99) -> dict[str, int]:
-    """Behavioural probe: which boolean function of (previous parity, input) each unit computes.
-
-    A hidden unit is read as "on" when h > 0 (tanh) or h > 0.5 (logistic).
-    If on at least ``agreement`` of the visits to each of the four cases the
-    unit agrees with one truth table, it computes that function; otherwise it
-    is "mixed". Returns counts per function name.
-    """
-    batch = PARITY.generate(key, num, length)
-    _, hs = recurrence.unroll(cell, params["cell"], batch.inputs)
-    threshold = 0.5 if "logistic" in cell.name else 0.0
-    on = np.asarray(hs > threshold)  # [T, B, H]
-    bits = np.asarray(batch.inputs[..., 0]).astype(int)
-    prev = np.concatenate([np.zeros((1, num), int), np.asarray(batch.targets)[:-1]], 0)
-    counts: dict[str, int] = {}
-    for unit in range(on.shape[-1]):
-        table = []
-        for a in (0, 1):
-            for b in (0, 1):
-                visits = on[(prev == a) & (bits == b), unit]
-                frac = visits.mean() if visits.size else 0.5
-                table.append(1 if frac >= agreement else 0 if frac <= 1 - agreement else None)
-        name = BOOLEAN_NAMES[tuple(table)] if None not in table else "mixed"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-# ----------------------------------------------------------------------------- main
-
-def run_experiment(cfg: dict[str, Any], workdir: str | None, log: Callable[[str], None] = print
-                   ) -> dict[str, Any]:
-    """Train the models of ``cfg["models"]`` and measure them; returns the results dict."""
-    length = cfg["train_length"]
-    test_lengths = [length] + [length * f for f in cfg["length_factors"]]
-    eval_key = jax.random.fold_in(jax.random.key(cfg["seed"]), 0xE7A1)  # held out: other stream
-    results: dict[str, Any] = {"train_length": length, "test_lengths": test_lengths,
-                               "device": common.device_summary()}
-
-    models = cfg.get("models", MODELS)
-    lecture_params = None
-    if "rnn" in models:
-        results["rnn"] = train_and_measure_rnn(cfg, workdir, eval_key, test_lengths)
-    if "lecture" in models:
-        lecture_params, results["lecture"] = train_and_measure_lecture(
-            cfg, workdir, eval_key, test_lengths)
-    if "window" in models:
-        results["window"] = train_and_measure_window(cfg, workdir, eval_key, test_lengths)
-    log(report(results, lecture_params))
-    return results
-
-
-def train_and_measure_rnn(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+def train_and_measure_rnn(config: Config, workdir: str | None, eval_key: jax.Array,
                           test_lengths: list[int]) -> dict[str, Any]:
     """Model 1: the RNN of --cell/--hidden/--steepness, trained and tested."""
-    length = cfg["train_length"]
-    cell = steep(cells.by_name(cfg["cell"], cfg["hidden"]), cfg["steepness"])
-    rnn_fn = functools.partial(rnn_logits, cell)
-    optimizer = optimizers.make(cfg["optimizer"], cfg["learning_rate"], schedule=cfg["lr_schedule"],
-                                steps=cfg["steps"], warmup_steps=cfg["warmup_steps"])
+    model = rnn_model(config)
     state, history = train_model(
-        _subdir(workdir, "rnn"), init_rnn(jax.random.key(cfg["seed"]), cell), rnn_fn,
-        steps=cfg["steps"], seed=cfg["seed"], batch_size=cfg["batch_size"], length=length,
-        optimizer=optimizer, clip_norm=cfg["clip_norm"], log_every=cfg["log_every"],
-        checkpoint_every=cfg["checkpoint_every"] or None, keep=cfg["keep_checkpoints"],
-        max_bad_steps=cfg["max_bad_steps"], progress=cfg["progress"])
-    rnn_params = state.params
-    return {"cell": cell.name, "hidden": cfg["hidden"], "steps": cfg["steps"],
+        _subdir(workdir, "rnn"), model.init(jax.random.key(config.seed)), model.apply,
+        steps=config.steps, seed=config.seed, batch_size=config.batch_size,
+        length=config.train_length, optimizer=factory.from_config(config),
+        log_every=config.log_every, checkpoint_every=config.checkpoint_every or None,
+        keep=config.keep_checkpoints, max_bad_steps=config.max_bad_steps,
+        progress=config.progress)
+    return {"cell": model.cell.name, "hidden": config.hidden, "steps": config.steps,
             "final_train_loss": history[-1]["loss"],
-            "accuracy": {L: accuracy(rnn_fn, rnn_params, eval_key, L, cfg["eval_sequences"])
-                         for L in test_lengths},
-            "unit_functions": rnn_unit_functions(cell, rnn_params, eval_key)}
+            "accuracy": {L: accuracy(model.apply, state.params, eval_key, L,
+                                     config.eval_sequences) for L in test_lengths},
+            "unit_functions": handset.unit_functions(model.cell, state.params["cell"], eval_key)}
 
 
-def train_and_measure_lecture(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+def train_and_measure_lecture(config: Config, workdir: str | None, eval_key: jax.Array,
                               test_lengths: list[int]) -> tuple[dict, dict[str, Any]]:
     """Model 2: the lecture's architecture from several seeds; the best one measured."""
-    length = cfg["train_length"]
-    lecture_params, member_losses = train_lecture_networks(
-        _subdir(workdir, "lecture"), seeds=cfg["lecture_seeds"], steps=cfg["lecture_steps"],
-        seed=cfg["seed"], batch_size=cfg["batch_size"], length=length, learning_rate=0.05,
-        log_every=cfg["log_every"])
-    return lecture_params, {
-        "seeds": cfg["lecture_seeds"], "member_final_losses": member_losses,
-        "accuracy": {L: accuracy(lecture_logits, lecture_params, eval_key, L, cfg["eval_sequences"])
+    params, member_losses = train_lecture_networks(
+        _subdir(workdir, "lecture"), seeds=config.lecture_seeds, steps=config.lecture_steps,
+        seed=config.seed, batch_size=config.batch_size, length=config.train_length,
+        learning_rate=0.05, log_every=config.log_every)
+    return params, {
+        "seeds": config.lecture_seeds, "member_final_losses": member_losses,
+        "accuracy": {L: accuracy(lecture_logits, params, eval_key, L, config.eval_sequences)
                      for L in test_lengths},
-        "truth_tables": lecture_truth_tables(lecture_params),
-        "canonical_truth_tables": lecture_truth_tables(canonical_lecture_params(lecture_params)),
-        "hand_set_truth_tables": lecture_truth_tables(handset.parity_network().params),
-        "weights": jax.tree.map(lambda x: np.asarray(x).tolist(), lecture_params)}
+        "truth_tables": handset.truth_tables(params),
+        "canonical_truth_tables": handset.truth_tables(handset.canonical_parity_params(params)),
+        "hand_set_truth_tables": handset.truth_tables(handset.parity_network().params),
+        "weights": jax.tree.map(lambda x: np.asarray(x).tolist(), params)}
 
 
-
-def train_and_measure_window(cfg: dict[str, Any], workdir: str | None, eval_key: jax.Array,
+def train_and_measure_window(config: Config, workdir: str | None, eval_key: jax.Array,
                              test_lengths: list[int]) -> dict[str, Any]:
     """Model 3: the feed-forward network on a window of the last k inputs."""
-    length = cfg["train_length"]
-    k = cfg["window"] or length
+    k = config.window or config.train_length
     mlp_fn = functools.partial(mlp_logits, k)
     state, history = train_model(
-        _subdir(workdir, "window"), init_mlp(jax.random.key(cfg["seed"] + 1), k, cfg["window_hidden"]),
-        mlp_fn, steps=cfg["window_steps"], seed=cfg["seed"], batch_size=cfg["batch_size"],
-        length=length, optimizer=optimizers.make("adam", 3e-3), clip_norm=None,
-        log_every=cfg["log_every"])
+        _subdir(workdir, "window"), init_mlp(jax.random.key(config.seed + 1), k,
+                                             config.window_hidden),
+        mlp_fn, steps=config.window_steps, seed=config.seed, batch_size=config.batch_size,
+        length=config.train_length, optimizer=factory.make("adam", 3e-3),
+        log_every=config.log_every)
     return {"window": k, "final_train_loss": history[-1]["loss"],
-            "accuracy": {L: accuracy(mlp_fn, state.params, eval_key, L, cfg["eval_sequences"],
+            "accuracy": {L: accuracy(mlp_fn, state.params, eval_key, L, config.eval_sequences,
                                      split=k) for L in test_lengths}}
 
 
+def device_summary() -> str:
+    """What ran the computation: backend, devices, matmul precision (TF32 on NVIDIA GPUs)."""
+    devices, backend = jax.devices(), jax.default_backend()
+    precision = jax.config.jax_default_matmul_precision or "default"
+    note = " (TF32 on NVIDIA GPUs)" if backend == "gpu" and precision == "default" else ""
+    return (f"{backend}: {len(devices)} x {devices[0].device_kind}, "
+            f"float32 matmul precision {precision}{note}")
+
+
+def run(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Train the models of ``config.models`` and measure them; print the table; write
+    ``results.json`` (and each model's ``metrics.jsonl`` in a subdirectory) into ``workdir``."""
+    cli.validate(config)
+    with cli.workdir_session(workdir, config):
+        length = config.train_length
+        test_lengths = [length] + [length * f for f in config.length_factors]
+        eval_key = jax.random.fold_in(jax.random.key(config.seed), 0xE7A1)  # held-out stream
+        results: dict[str, Any] = {"train_length": length, "test_lengths": test_lengths,
+                                   "device": device_summary()}
+        lecture_params = None
+        if "rnn" in config.models:
+            results["rnn"] = train_and_measure_rnn(config, workdir, eval_key, test_lengths)
+        if "lecture" in config.models:
+            lecture_params, results["lecture"] = train_and_measure_lecture(
+                config, workdir, eval_key, test_lengths)
+        if "window" in config.models:
+            results["window"] = train_and_measure_window(config, workdir, eval_key, test_lengths)
+        print(report(results, lecture_params))
+        if workdir:
+            checkpoint.save_json(workdir, "results", results)
+    return results
+
+
 def report(results: dict[str, Any], lecture_params: dict | None = None) -> str:
-    """The human-readable summary of :func:`run_experiment`'s results."""
+    """The human-readable summary of :func:`run`'s results."""
     lines = [f"Running parity on {results.get('device', '?')}, trained on length "
              f"{results['train_length']}; held-out accuracy (per step / whole sequences):",
              f"{'model':34s}" + "".join(f"{'T=' + str(L):>18s}" for L in results["test_lengths"])]
@@ -468,59 +366,14 @@ def report(results: dict[str, Any], lecture_params: dict | None = None) -> str:
                      f"{lec['canonical_truth_tables']}")
         lines.append(f"  hand-set truth tables: {lec['hand_set_truth_tables']}")
         if lecture_params is not None:
-            lines.append("  " + lecture_weight_table(lecture_params).replace("\n", "\n  "))
+            lines.append("  " + handset.parity_weight_table(lecture_params).replace("\n", "\n  "))
     return "\n".join(lines)
 
 
-def config_from_flags() -> dict[str, Any]:
-    """Validate every flag (common and parity-specific); return the config dict."""
-    cfg = common.validate()
-    common.check_positive_int("train_length", FLAGS.train_length)
-    try:
-        factors = [int(f) for f in FLAGS.length_factors]
-    except ValueError:
-        factors = [-1]
-    if not factors or min(factors) < 1:
-        raise app.UsageError(f"--length_factors={','.join(FLAGS.length_factors)!r} is invalid: "
-                             "expected a comma-separated list of positive integers, e.g. 10,100.")
-    for name in ("eval_sequences", "window_hidden", "window_steps", "lecture_steps", "lecture_seeds"):
-        common.check_positive_int(name, FLAGS[name].value)
-    if not FLAGS.models or set(FLAGS.models) - set(MODELS):
-        raise app.UsageError(f"--models={','.join(FLAGS.models)!r} is invalid: accepted: a "
-                             f"comma-separated subset of {', '.join(MODELS)}")
-    if FLAGS.window is not None:
-        common.check_positive_int("window", FLAGS.window)
-    if not FLAGS.steepness > 0:
-        raise app.UsageError(f"--steepness={FLAGS.steepness!r} is invalid: expected a positive number.")
-    if FLAGS.steepness != 1.0 and FLAGS.cell not in ("tanh", "relu", "identity", "logistic", "irnn"):
-        raise app.UsageError(f"--steepness={FLAGS.steepness} applies to vanilla cells only; with "
-                             f"--cell={FLAGS.cell} set --steepness=1.")
-    cfg.update(train_length=FLAGS.train_length, length_factors=factors,
-               eval_sequences=FLAGS.eval_sequences, window=FLAGS.window,
-               window_hidden=FLAGS.window_hidden, window_steps=FLAGS.window_steps,
-               lecture_steps=FLAGS.lecture_steps, lecture_seeds=FLAGS.lecture_seeds,
-               steepness=FLAGS.steepness, models=list(FLAGS.models))
-    return cfg
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cfg = config_from_flags()
-    workdir = cfg["workdir"]
-    if workdir:
-        common.save_config(workdir, cfg)
-    results = run_experiment(cfg, workdir)
-    if workdir:
-        checkpoint.save_json(workdir, "results", results)
+    cli.call(run, cli.from_flags(Config, argv))
 
 
 if __name__ == "__main__":
-    FLAGS.set_default("steps", 1000)
-    FLAGS.set_default("batch_size", 64)
-    FLAGS.set_default("learning_rate", 1e-2)
-    FLAGS.set_default("hidden", 16)
-    FLAGS.set_default("clip_norm", 1.0)
-    FLAGS.set_default("log_every", 100)
-    FLAGS.set_default("checkpoint_every", 500)
+    cli.define_flags(Config)
     app.run(main)

@@ -1,27 +1,34 @@
-"""Parity learned by BPTT on a tiny configuration, and the experiment's probes."""
+"""Parity learned by BPTT on a tiny configuration, and the experiment's run() and settings.
+
+The truth-table probes and cells.steep that the experiment uses are tested in
+test_handset.py and test_cells.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import parity
-from rnnjax import cells, handset, optimizers
+from experiments import cli, parity
+from rnnjax import errors, handset
+from rnnjax.optim import factory
 
 
 def test_rnn_learns_running_parity_on_a_tiny_configuration():
-    cell = cells.by_name("tanh", 8)
-    logits_fn = functools.partial(parity.rnn_logits, cell)
+    config = dataclasses.replace(parity.Config(), hidden=8)
+    model = parity.rnn_model(config)
     state, history = parity.train_model(
-        None, parity.init_rnn(jax.random.key(0), cell), logits_fn, steps=200, seed=0,
-        batch_size=32, length=6, optimizer=optimizers.make("adam", 0.03), clip_norm=1.0,
+        None, model.init(jax.random.key(0)), model.apply, steps=200, seed=0,
+        batch_size=32, length=6, optimizer=factory.make("adam", 0.03), clip_norm=1.0,
         log_every=50)
     assert history[-1]["loss"] < 0.1 < history[0]["loss"]
-    held_out = parity.accuracy(logits_fn, state.params, jax.random.key(123), 6, 300)
+    held_out = parity.accuracy(model.apply, state.params, jax.random.key(123), 6, 300)
     assert held_out["sequence"] == 1.0  # every held-out sequence right at every step
 
 
@@ -30,7 +37,7 @@ def test_window_network_fails_beyond_its_window():
     logits_fn = functools.partial(parity.mlp_logits, k)
     state, _ = parity.train_model(
         None, parity.init_mlp(jax.random.key(0), k, 32), logits_fn, steps=300, seed=0,
-        batch_size=32, length=k, optimizer=optimizers.make("adam", 1e-2), clip_norm=None,
+        batch_size=32, length=k, optimizer=factory.make("adam", 1e-2), clip_norm=None,
         log_every=100)
     assert parity.accuracy(logits_fn, state.params, jax.random.key(1), k, 300)["step"] > 0.98
     long = parity.accuracy(logits_fn, state.params, jax.random.key(2), 10 * k, 300, split=k)
@@ -45,37 +52,56 @@ def test_windows_shape_and_content():
     np.testing.assert_array_equal(w[:, 0], [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 5]])
 
 
-def test_truth_tables_of_the_hand_set_network():
-    tables = parity.lecture_truth_tables(handset.parity_network().params)
-    assert tables == {"h1 (prev output, input)": "AND", "h2 (prev output, input)": "OR",
-                      "output (h1, h2)": "b AND NOT a"}
+def test_lecture_logits_follow_the_output_unit():
+    hand = {k: 20 * jnp.asarray(v, jnp.float32) for k, v in handset.parity_network().params.items()}
+    xs = jax.random.bernoulli(jax.random.key(0), 0.5, (12, 3, 1)).astype(jnp.float32)
+    logits = parity.lecture_logits(hand, xs)
+    assert logits.shape == (12, 3, 2)
+    parity_bits = jnp.cumsum(xs[..., 0], axis=0) % 2
+    np.testing.assert_array_equal(jnp.argmax(logits, -1), parity_bits)
 
 
-def test_negated_units_are_mapped_back_to_the_hand_set_form():
-    hand = handset.parity_network().params
-    flipped = parity.negate_hidden_unit(parity.negate_hidden_unit(hand, 0), 1)
-    assert parity.lecture_truth_tables(flipped)["h1 (prev output, input)"] == "NAND"
-    # The flipped network computes the same parity (logistic units, large weights).
-    cell = parity.lecture_cell()
-    xs = jax.random.bernoulli(jax.random.key(0), 0.5, (30, 4, 1)).astype(jnp.float32)
-    run = lambda p: parity.lecture_outputs({k: 20 * jnp.asarray(v, jnp.float32) for k, v in p.items()}, xs)
-    np.testing.assert_allclose(run(flipped), run(hand), atol=1e-4)
-    canon = parity.canonical_lecture_params(flipped)
-    for k, v in hand.items():
-        np.testing.assert_allclose(canon[k], v, atol=1e-6)
-    table = parity.lecture_weight_table(flipped)
-    assert table.count("+1.000") == 3  # every unit's cosine with the hand-set one
-    assert cell.hidden_size == 3
+def test_run_trains_measures_and_writes_results(tmp_path):
+    config = dataclasses.replace(
+        parity.Config(), steps=200, batch_size=32, hidden=8, train_length=6, length_factors=(2,),
+        learning_rate=0.03, eval_sequences=100, lecture_steps=20, lecture_seeds=2,
+        window_steps=20, window_hidden=8, log_every=50, checkpoint_every=100, progress=False)
+    workdir = tmp_path / "parity"
+    results = parity.run(config, str(workdir))
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["test_lengths"] == [6, 12] and set(saved) >= {"rnn", "lecture", "window"}
+    rnn = results["rnn"]
+    assert rnn["accuracy"][6]["step"] > 0.9  # learned: chance is 0.5
+    assert rnn["final_train_loss"] < 0.1
+    assert sum(rnn["unit_functions"].values()) == 8
+    assert results["lecture"]["hand_set_truth_tables"]["output (h1, h2)"] == "b AND NOT a"
+    assert json.loads((workdir / "config.json").read_text())["hidden"] == 8
+    # A rerun with a setting that shapes the model is refused before anything is written.
+    before = (workdir / "results.json").read_text()
+    with pytest.raises(errors.ConfigMismatchError, match="hidden: saved 8, given 9"):
+        parity.run(dataclasses.replace(config, hidden=9), str(workdir))
+    assert (workdir / "results.json").read_text() == before
 
 
-def test_steep_cell_scales_preactivations():
-    base = cells.vanilla(3, "tanh")
-    params = base.init(jax.random.key(0), 1)
-    xs = jnp.ones((4, 2, 1))
-    from rnnjax import recurrence
-    _, slow = recurrence.unroll(base, {**params, "W_xh": 2 * params["W_xh"],
-                                       "W_hh": 2 * params["W_hh"], "b_h": 2 * params["b_h"]}, xs)
-    _, fast = recurrence.unroll(parity.steep(base, 2.0), params, xs)
-    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="steepness"):
-        parity.steep(cells.lstm(3), 2.0)
+@pytest.mark.parametrize("change,message", [
+    (dict(models=("rnn", "tree")), "models=('rnn', 'tree') is invalid: accepted: a comma"),
+    (dict(models=()), "models=() is invalid"),
+    (dict(length_factors=(10, 0)), "length_factors=(10, 0) is invalid"),
+    (dict(length_factors=()), "length_factors=() is invalid"),
+    (dict(steepness=2.0, cell="lstm"), "steepness=2.0 is invalid: applies to vanilla cells"),
+    (dict(steepness=float("nan")), "steepness=nan is invalid: expected a finite number"),
+    (dict(window=0), "window=0 is invalid"),
+    (dict(train_length=0), "train_length=0 is invalid"),
+])
+def test_bad_settings_are_refused_before_any_work(change, message, tmp_path):
+    with pytest.raises(cli.ConfigError, match=re.escape(message)):
+        parity.run(dataclasses.replace(parity.Config(), **change), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_defaults_are_the_flags_of_before():
+    c = parity.Config()
+    assert (c.steps, c.batch_size, c.learning_rate, c.hidden, c.clip_norm, c.log_every,
+            c.checkpoint_every) == (1000, 64, 1e-2, 16, 1.0, 100, 500)
+    assert (c.train_length, c.length_factors, c.eval_sequences, c.window, c.lecture_seeds,
+            c.models) == (10, (10, 100), 1000, None, 8, ("rnn", "lecture", "window"))
