@@ -1,5 +1,7 @@
 """Tests for rnnjax.data.text: corpora cleaning, vocabularies, TBPTT batching, bad files."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -142,6 +144,25 @@ def test_user_file_split_and_bad_files(tmp_path):
         text.load_corpus(data_path=str(short))
     with pytest.raises(ValueError, match="--corpus"):
         text.load_corpus("wikipedia")
+
+
+def test_user_file_that_is_not_regular_is_refused_before_reading(tmp_path):
+    # A FIFO would block the reader forever (and a device read until MemoryError).
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        text.load_corpus(data_path=str(fifo))
+    with pytest.raises(ValueError, match="not a regular file"):
+        text.load_corpus(data_path="/dev/zero")
+
+
+def test_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    body = "".join(f"line {i} of some text\n" for i in range(30))
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    corpus = text.load_corpus(data_path=str(path))
+    assert corpus.train + corpus.valid + corpus.test == body
+    assert "\ufeff" not in text.build_vocabulary(corpus.train, "char").tokens
 
 
 def test_ptb_is_optional_and_has_the_standard_sizes():

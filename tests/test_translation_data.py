@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -120,6 +122,30 @@ def test_pairs_file_missing_empty_or_directory(tmp_path):
         tr.load_task("tsv")
     with pytest.raises(ValueError, match="accepted: piglatin"):
         tr.load_task("klingon")
+
+
+def test_pairs_file_that_is_not_regular_is_refused(tmp_path):
+    fifo = tmp_path / "pairs.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        tr.load_pairs_file(str(fifo))
+
+
+def test_pairs_file_drops_byte_order_mark_and_header_line(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(b"\xef\xbb\xbfSource\tTarget\nabc\tcba\nxy\tyx\n")
+    assert tr.load_pairs_file(str(path)) == [("abc", "cba"), ("xy", "yx")]
+    # Only a first line of column names is a header; later ones are pairs.
+    path.write_text("abc\tcba\nsource\ttarget\n", encoding="utf-8")
+    assert tr.load_pairs_file(str(path)) == [("abc", "cba"), ("source", "target")]
+
+
+def test_pairs_file_line_longer_than_max_length_is_named(tmp_path):
+    path = _write(tmp_path, "abc\tcba\n" + "x" * 500 + "\ty\nxy\tyx\n")
+    with pytest.raises(ValueError) as err:
+        tr.load_task("tsv", data_path=path, max_length=200)
+    assert f"{path}:2:" in str(err.value) and "--max_length=200" in str(err.value)
+    assert len(tr.load_pairs_file(path)) == 3  # no cap unless asked
 
 
 # --------------------------------------------------------------------------- vocab, batches

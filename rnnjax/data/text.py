@@ -169,6 +169,7 @@ def load_ptb() -> dict[str, str]:
 # --------------------------------------------------------------------------- user's file
 
 MIN_FILE_CHARS = 200
+BOM = "\ufeff"  # the UTF-8 byte-order mark some editors write first
 USER_SPLIT = (0.90, 0.05, 0.05)
 
 
@@ -176,16 +177,21 @@ def load_text_file(path: str, min_chars: int = MIN_FILE_CHARS) -> dict[str, str]
     """A user's UTF-8 text file, split by position: first 90% train, next 5% validation,
     last 5% test (each cut moved forward to the next line start when one is near).
 
+    A byte-order mark at the start is dropped.
+
     Raises:
       FileNotFoundError: no such file (or a directory).
-      ValueError: empty, binary (NUL bytes or invalid UTF-8), or shorter than
-        ``min_chars`` characters.
+      ValueError: not a regular file (a pipe or device), empty, binary (NUL bytes or
+        invalid UTF-8), or shorter than ``min_chars`` characters.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data_path={path!r}: no such file; give a UTF-8 text file "
                                 f"of at least {min_chars} characters")
     if os.path.isdir(path):
         raise FileNotFoundError(f"--data_path={path!r} is a directory; give a UTF-8 text file")
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise ValueError(f"--data_path={path!r} is not a regular file (a pipe, device or "
+                         "socket); give a UTF-8 text file")
     with open(path, "rb") as f:
         raw = f.read()
     if not raw.strip():
@@ -201,6 +207,7 @@ def load_text_file(path: str, min_chars: int = MIN_FILE_CHARS) -> dict[str, str]
         raise ValueError(f"--data_path={path!r} is not valid UTF-8 (byte {raw[e.start]:#04x} at "
                          f"offset {e.start}); it needs UTF-8 text (convert it, e.g. with iconv)"
                          ) from None
+    text = text.removeprefix(BOM)  # an editor's byte-order mark is not a character of the text
     if len(text) < min_chars:
         raise ValueError(f"--data_path={path!r} has only {len(text)} characters; at least "
                          f"{min_chars} are needed to split it into train/validation/test")

@@ -175,16 +175,34 @@ def number_pairs(lang: str, numbers: Sequence[int]) -> list[Pair]:
 
 # --------------------------------------------------------------------------- user's pairs
 
-def load_pairs_file(path: str) -> list[Pair]:
+# A first line of column names (``source<TAB>target``, ``src<TAB>tgt``, ...) is a header.
+HEADER_SOURCES = ("source", "src", "input", "in", "from")
+HEADER_TARGETS = ("target", "tgt", "output", "out", "to")
+BOM = "\ufeff"  # the UTF-8 byte-order mark some editors write first
+
+
+def is_header(source: str, target: str) -> bool:
+    """Whether a first line holds column names rather than a pair."""
+    return source.lower() in HEADER_SOURCES and target.lower() in HEADER_TARGETS
+
+
+def load_pairs_file(path: str, max_length: int | None = None) -> list[Pair]:
     """Pairs from a UTF-8 file with one ``source<TAB>target`` pair a line.
 
-    Blank lines are skipped; spaces around the fields are kept out (stripped).
+    Blank lines are skipped; spaces around the fields are kept out (stripped); a
+    byte-order mark at the start is dropped, and so is a first line of column names
+    (:func:`is_header`, e.g. ``source<TAB>target``).
+
+    Args:
+      max_length: refuse a source or target longer than this many characters (one
+        very long line would pad every batch to its length).
 
     Raises:
       FileNotFoundError: no such file, or a directory.
-      ValueError: naming the file and the line, for a line that is not valid UTF-8,
-        has no tab or more than one, or has an empty source or target; or if the
-        file holds fewer than 2 pairs.
+      ValueError: not a regular file (a pipe or device); or, naming the file and the
+        line, a line that is not valid UTF-8, has no tab or more than one, has an
+        empty source or target, or a side longer than ``max_length``; or if the file
+        holds fewer than 2 pairs.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data_path={path!r}: no such file; give a UTF-8 text file "
@@ -192,7 +210,11 @@ def load_pairs_file(path: str) -> list[Pair]:
     if os.path.isdir(path):
         raise FileNotFoundError(f"--data_path={path!r} is a directory; give a UTF-8 text file "
                                 "with one 'source<TAB>target' pair a line")
+    if not os.path.isfile(path):  # a FIFO or a device would block or never end
+        raise ValueError(f"--data_path={path!r} is not a regular file (a pipe, device or "
+                         "socket); give a UTF-8 text file with one 'source<TAB>target' pair a line")
     pairs: list[Pair] = []
+    first = True
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
@@ -202,6 +224,8 @@ def load_pairs_file(path: str) -> list[Pair]:
                 raise ValueError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); "
                                  "the pairs file must be UTF-8 text") from None
             line = line.rstrip("\r\n")
+            if lineno == 1:
+                line = line.removeprefix(BOM)
             if not line.strip():
                 continue
             tabs = line.count("\t")
@@ -214,6 +238,15 @@ def load_pairs_file(path: str) -> list[Pair]:
                 side = "source" if not source else "target"
                 raise ValueError(f"{where}: empty {side} in {line[:60]!r}; both sides of the "
                                  "tab need text")
+            if first and is_header(source, target):
+                first = False
+                continue
+            first = False
+            longest = max(len(source), len(target))
+            if max_length is not None and longest > max_length:
+                raise ValueError(f"{where}: a side of {longest:,} characters, longer than "
+                                 f"--max_length={max_length} (it would pad every batch to its "
+                                 f"length); shorten or drop that line, or raise --max_length")
             pairs.append((source, target))
     if len(pairs) < 2:
         raise ValueError(f"--data_path={path!r} holds {len(pairs)} pair(s); at least 2 are "
@@ -265,7 +298,8 @@ def make_data(name: str, train: list[Pair], valid: list[Pair]) -> TranslationDat
 
 
 def load_task(task: str, *, data_path: str | None = None, seed: int = 0,
-              max_number: int = 10_000, valid_fraction: float = VALID_FRACTION) -> TranslationData:
+              max_number: int = 10_000, valid_fraction: float = VALID_FRACTION,
+              max_length: int | None = None) -> TranslationData:
     """One of :data:`TASKS` split into train / valid with ``seed``.
 
     Args:
@@ -273,6 +307,7 @@ def load_task(task: str, *, data_path: str | None = None, seed: int = 0,
       max_number: the number tasks use the numbers 0 .. max_number - 1; a random
         ``valid_fraction`` of them (not of the pairs) is held out, so validation
         numbers are never seen in training.
+      max_length: for ``tsv``, the longest source or target accepted (characters).
     """
     if task not in TASKS:
         raise ValueError(f"--task={task!r} is not known; accepted: {', '.join(TASKS)}")
@@ -292,7 +327,7 @@ def load_task(task: str, *, data_path: str | None = None, seed: int = 0,
         if not data_path:
             raise ValueError("--task=tsv needs --data_path=FILE (one 'source<TAB>target' pair "
                              "a line)")
-        train, valid = split_pairs(load_pairs_file(data_path), valid_fraction, seed)
+        train, valid = split_pairs(load_pairs_file(data_path, max_length), valid_fraction, seed)
     return make_data(task, train, valid)
 
 
