@@ -145,6 +145,9 @@ def _build(cxx: str, include: Path, libdir: Path) -> Path:
     return target
 
 
+_registered: list[ctypes.CDLL] = []
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The loaded kernel library with its FFI targets registered, or None (warned once)."""
@@ -153,10 +156,12 @@ def _library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(_compiler(), include, libdir)))
         lib.rnnjax_onednn_workspace_bytes.restype = ctypes.c_int64
         lib.rnnjax_onednn_workspace_bytes.argtypes = [ctypes.c_int64] * 7
-        jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.RnnjaxOnednnForward),
-                                    platform="cpu")
-        jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.RnnjaxOnednnBackward),
-                                    platform="cpu")
+        if not _registered:   # once per process (the same library if loaded again)
+            jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.RnnjaxOnednnForward),
+                                        platform="cpu")
+            jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.RnnjaxOnednnBackward),
+                                        platform="cpu")
+            _registered.append(lib)
         return lib
     except (importlib.metadata.PackageNotFoundError, OSError, RuntimeError,
             subprocess.SubprocessError) as e:
