@@ -229,7 +229,8 @@ def test_char_lm_data_parallel_equals_one_device(tmp_path):
     np.testing.assert_allclose(runs["dp"], runs["one"], rtol=1e-5)
     r = _run_char_lm(*common, "--data_parallel", "--batch_size=5", f"--workdir={tmp_path / 'x'}",
                      cwd=repo, env=env)
-    assert r.returncode != 0 and "--batch_size=5 does not split over the 2 devices" in r.stderr
+    assert r.returncode != 0 and "--batch_size=5 is invalid: does not split over the 2 devices" \
+        in r.stderr
 
 
 def test_char_lm_experiment_trains_saves_vocab_and_samples_from_workdir(tmp_path):
@@ -334,3 +335,159 @@ def test_one_hot_lookup_keeps_the_fused_unroll(cell):
         return lm.sequence_loss(m, p, carry, ids[:-1], ids[1:])[0]
     chex.assert_trees_all_close(jax.grad(lambda p: loss(model, p))(params),
                                 jax.grad(lambda p: loss(plain, p))(params), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- experiments from Python
+
+TINY = "ROMEO:\nO, she doth teach the torches to burn bright!\n\n" * 30
+
+
+def _tiny_char_config(tmp_path, **changes):
+    import dataclasses
+
+    from experiments import char_lm
+    data = tmp_path / "tiny.txt"
+    data.write_text(TINY, encoding="utf-8")
+    return dataclasses.replace(
+        char_lm.Config(), data_path=str(data), hidden=16, batch_size=4, seq_len=16, steps=30,
+        eval_every=15, checkpoint_every=15, log_every=5, eval_tokens=200, eval_batch_size=2,
+        sample_length=20, max_minutes=None, progress=False, **changes)
+
+
+def test_char_lm_run_from_python_learns_resumes_and_survives_a_mistaken_rerun(tmp_path):
+    """``char_lm.run(config, workdir)`` trains, writes results.json; the same config again
+    resumes the finished run (same numbers); a rerun with another model size is refused
+    before anything is written, after which sampling from the workdir still works."""
+    import dataclasses
+    import json
+    import math
+
+    from experiments import char_lm
+    from rnnjax import errors
+    config = _tiny_char_config(tmp_path)
+    workdir = tmp_path / "run"
+    results = char_lm.run(config, str(workdir))
+    assert json.loads((workdir / "results.json").read_text())["valid"] == results["valid"]
+    losses_seen = [r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text()
+                                          .splitlines()) if "loss" in r]
+    assert results["steps"] == 30 and losses_seen[-1] < losses_seen[0]
+    assert results["valid"]["bits"] < math.log2(results["vocab_size"])  # beats uniform
+    assert char_lm.run(config, str(workdir))["valid"] == results["valid"]  # resumed at 30
+
+    saved = (workdir / "config.json").read_text()
+    with pytest.raises(errors.ConfigMismatchError, match="hidden: saved 16, given 8"):
+        char_lm.run(dataclasses.replace(config, hidden=8), str(workdir))
+    assert (workdir / "config.json").read_text() == saved
+    sample = char_lm.run(dataclasses.replace(config, sample_only=True, prime="ROMEO:",
+                                             sample_length=12), str(workdir))["sample"]
+    assert sample.startswith("ROMEO:") and len(sample) == len("ROMEO:") + 12
+
+
+def test_lm_settings_are_checked_before_any_work(tmp_path):
+    """Every rule between settings is a ConfigError naming the setting (from the command
+    line the same message names the flag)."""
+    import dataclasses
+
+    from experiments import cli, word_lm
+    base = _tiny_char_config(tmp_path)
+    for changes, match in [
+        (dict(optimizer="hf", dropout=0.2), "dropout=0.2 is invalid: must be 0 with optimizer=hf"),
+        (dict(optimizer="hf", curvature_batch_size=5), "curvature_batch_size=5"),
+        (dict(optimizer="hf", data_parallel=True), "data_parallel=True is invalid: is for the optax"),
+        (dict(plateau_factor=1.5), "plateau_factor=1.5 is invalid: expected a factor"),
+        (dict(plateau_factor=0.5, eval_every=0), "plateau_factor=0.5 is invalid: needs periodic"),
+        (dict(plateau_threshold=-0.1), "plateau_threshold=-0.1 is invalid"),
+        (dict(temperature=float("nan")), "temperature=nan is invalid: expected a finite"),
+        (dict(hf_lambda=float("inf")), "hf_lambda=inf is invalid"),
+        (dict(embed_size=8, tie_embeddings=True), "tie_embeddings=True is invalid: needs embed_size"),
+        (dict(factors=4), "factors=4 is invalid: applies to cell=mrnn only"),
+        (dict(max_vocab=1), "max_vocab=1 is invalid: expected at least 2"),
+    ]:
+        with pytest.raises(cli.ConfigError, match=match.replace("(", r"\(")):
+            cli.validate(dataclasses.replace(base, **changes))
+    cli.validate(dataclasses.replace(base, optimizer="hf", curvature_batch_size=2))
+    cli.validate(dataclasses.replace(base, data_parallel=True))  # one CPU device: any batch
+    cli.validate(word_lm.Config())
+
+
+def test_lm_bad_inputs_stop_before_the_workdir_is_touched(tmp_path):
+    """A model too large for the machine, a prime with no tokens, a data path that is a
+    FIFO, sampling from a workdir without a model: one-line errors before any work."""
+    import dataclasses
+    import os
+
+    from experiments import cli, word_lm
+    from experiments.lm import train as lm_train
+    from rnnjax import errors
+    words = tmp_path / "words.txt"
+    words.write_text("the cat sat on the mat and the dog lay by the door .\n" * 40,
+                     encoding="utf-8")
+    config = dataclasses.replace(word_lm.Config(), data_path=str(words), steps=2,
+                                 progress=False, eval_every=0, plateau_factor=1.0)
+    workdir = tmp_path / "run"
+    with pytest.raises(cli.ConfigError, match=r"hidden=2000000 is invalid: the model has "
+                       r"[\d,]+ parameters .* GiB"):
+        word_lm.run(dataclasses.replace(config, hidden=2_000_000, embed_size=0,
+                                        tie_embeddings=False), str(workdir))
+    with pytest.raises(cli.ConfigError, match="prime=' ' is invalid: it has no tokens"):
+        word_lm.run(dataclasses.replace(config, prime=" "), str(workdir))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(errors.RunError, match="not a regular file"):
+        word_lm.run(dataclasses.replace(config, data_path=str(fifo)), str(workdir))
+    assert not workdir.exists()
+    with pytest.raises(errors.RunError, match="has no config.json"):
+        word_lm.run(dataclasses.replace(config, sample_only=True), str(workdir))
+    with pytest.raises(cli.ConfigError, match="sample_only=True is invalid: needs workdir"):
+        word_lm.run(dataclasses.replace(config, sample_only=True), None)
+    # A diverged run still prints its numbers (NaN and Inf format like any float).
+    assert "perplexity inf (nan nats/word" in lm_train.summary(
+        {"nats": float("nan"), "bits": float("nan"), "perplexity": float("inf"), "tokens": 3},
+        "word")
+
+
+def test_an_eval_batch_larger_than_the_split_still_evaluates_nearly_all_of_it(tmp_path):
+    """--eval_batch_size=100000 on a 1,000-token split: streams of at least
+    MIN_EVAL_STREAM tokens, so at most a tenth of the split goes unpredicted."""
+    import dataclasses
+
+    from experiments.lm import train as lm_train
+    config = dataclasses.replace(_tiny_char_config(tmp_path), eval_batch_size=100_000)
+    ids = np.arange(1000) % 7
+    assert lm_train.eval_batch(config, len(ids)) == 1000 // lm_train.MIN_EVAL_STREAM
+    predicted = sum(mask.sum() for _, _, mask in lm_train._eval_segments(config, ids))
+    assert predicted >= 0.9 * len(ids)
+
+
+def test_lm_compare_run_trains_each_cell_at_the_size_and_checks_its_lists(tmp_path):
+    """lm_compare calls the trainer with one replaced Config per cell (no flags written):
+    a row per cell at about ``params`` parameters; bad cell lists and sizes are refused."""
+    import dataclasses
+
+    from experiments import cli, lm_compare
+    data = tmp_path / "tiny.txt"
+    data.write_text(TINY, encoding="utf-8")
+    config = dataclasses.replace(
+        lm_compare.Config(), data_path=str(data), cells=("tanh", "mrnn"), params=1500, steps=6,
+        minutes_each=5.0, batch_size=4, seq_len=16, eval_batch_size=2, log_every=3,
+        progress=False, sample_length=10)
+    workdir = tmp_path / "compare"
+    results = lm_compare.run(config, str(workdir))
+    assert [r["cell"] for r in results["rows"]] == ["tanh", "mrnn"]
+    for row in results["rows"]:
+        assert abs(row["parameters"] - 1500) < 300 and row["steps"] == 6
+    assert results["rows"][1]["learning_rate"] == 3e-3  # the mrnn=3e-3 default
+    assert (workdir / "table.md").exists() and (workdir / "results.json").exists()
+    assert (workdir / "tanh" / "results.json").exists()
+    for changes, match in [
+        (dict(cells=()), "cells=() is invalid: expected at least one cell"),
+        (dict(cells=("tanh", "tanh")), "a cell is given twice"),
+        (dict(cell_learning_rates=("fooo=1e-3",)), "'fooo' is not a cell"),
+        (dict(cell_learning_rates=("tanh=x",)), "expected cell=rate"),
+        (dict(params=-5), "params=-5 is invalid: expected a positive integer"),
+    ]:
+        with pytest.raises(cli.ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
+            lm_compare.run(dataclasses.replace(config, **changes), str(tmp_path / "x"))
+    with pytest.raises(cli.ConfigError, match="params=5 is invalid: the smallest tanh model"):
+        lm_compare.run(dataclasses.replace(config, params=5), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

@@ -35,7 +35,7 @@ from absl import flags
 
 from experiments import cli, hf_config
 from experiments.lm.config import LMConfig, model_of
-from rnnjax import allocator, checkpoint, errors, parallel, train
+from rnnjax import allocator, checkpoint, device, errors, parallel, train
 from rnnjax.data import text
 from rnnjax.models import hf, lm
 from rnnjax.optim import factory
@@ -122,44 +122,15 @@ def check_fits(config: LMConfig, model: lm.LanguageModel) -> int:
     it would need more memory than the device has (found before anything starts)."""
     shapes = jax.eval_shape(lambda k: lm.init(model, k), jax.random.key(0))
     n_params = lm.count_params(shapes)
-    # Parameters, gradients and up to two optimizer slots; per step and layer the scan
-    # keeps about 8 [B, H] arrays a time step (gates, states) and the readout [T, B, V].
-    T, B = config.seq_len, config.batch_size
-    floats = 4 * n_params + T * B * (8 * model.hidden * model.layers + 3 * model.vocab_size)
-    need = 4 * floats
-    have = device_memory()
-    if have and need > have:
-        raise cli.ConfigError(
-            "hidden", config.hidden,
-            f"the model has {n_params:,} parameters and training it needs about "
-            f"{need / 2**30:,.1f} GiB, more than the {have / 2**30:,.1f} GiB of this "
-            "machine's device; lower hidden, layers, embed_size, batch_size or seq_len")
+    # Per time step and layer the scan keeps about 8 [B, H] arrays (gates, states);
+    # the readout's logits and their gradient are [T, B, V].
+    tokens = config.seq_len * config.batch_size
+    problem = device.check_fits(n_params, tokens * (8 * model.hidden * model.layers
+                                                    + 3 * model.vocab_size))
+    if problem:
+        raise cli.ConfigError("hidden", config.hidden, f"{problem}; lower hidden, layers, "
+                              "embed_size, batch_size or seq_len")
     return n_params
-
-
-def device_memory() -> int | None:
-    """Bytes of memory of the first device (a GPU's limit, or the host's RAM), if known."""
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001  (backends without memory statistics)
-        stats = {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def device_summary() -> str:
-    """What runs the computation, for logs and results: backend, devices, matmul precision
-    (on a GPU at JAX's default precision a float32 number is a TF32 number)."""
-    devices = jax.devices()
-    backend = jax.default_backend()
-    precision = jax.config.jax_default_matmul_precision or "default"
-    note = " (TF32 on NVIDIA GPUs)" if backend == "gpu" and precision == "default" else ""
-    return (f"{backend}: {len(devices)} x {devices[0].device_kind}, "
-            f"float32 matmul precision {precision}{note}")
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -278,9 +249,9 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
         data.vocab.save(os.path.join(workdir, "vocab.json"))
 
     state = make_template(model, config)
-    device = device_summary()
+    where = device.summary()
     print(f"model: {config.layers} x {config.cell} (hidden {config.hidden}), "
-          f"{lm.count_params(state.params):,} parameters; device {device}", flush=True)
+          f"{lm.count_params(state.params):,} parameters; device {where}", flush=True)
     step_fn, state = make_step(model, config, state)
     budget = None if config.max_minutes is None else 60.0 * config.max_minutes
     t_train = time.time()
@@ -337,7 +308,7 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
         "epochs": steps_done / streams.segments_per_epoch,
         "train_seconds": train_seconds, "total_seconds": time.time() - t0,
         "steps_per_second": steps_done / max(train_seconds, 1e-9),
-        "device": device,
+        "device": where,
         "stopped_by_time": stopped_early, "last_train_loss": last_loss,
         "valid": valid, "test": test, "config": cli.as_dict(config),
     }
@@ -366,8 +337,8 @@ def trained_config(config: LMConfig, workdir: str) -> LMConfig:
     try:
         saved = checkpoint.load_json(workdir, "config")
     except FileNotFoundError:
-        raise cli.ConfigError("workdir", workdir, "it has no config.json: give the workdir of "
-                              "a trained language model") from None
+        raise errors.RunError(f"--workdir={workdir!r} has no config.json: give the workdir "
+                              "of a trained language model") from None
     names = {f.name for f in dataclasses.fields(config)} - set(SAMPLING)
     return dataclasses.replace(config, **{k: v for k, v in saved.items() if k in names})
 
@@ -378,7 +349,7 @@ def sample_from_workdir(config: LMConfig, workdir: str) -> str:
     trained = trained_config(config, workdir)
     vocab_path = os.path.join(workdir, "vocab.json")
     if not os.path.isfile(vocab_path):
-        raise cli.ConfigError("workdir", workdir, "it has no vocab.json: give the workdir of "
+        raise errors.RunError(f"--workdir={workdir!r} has no vocab.json: give the workdir of "
                               "a trained language model")
     vocab = text.Vocabulary.load(vocab_path)
     prime_ids(vocab, config.prime)
@@ -387,7 +358,7 @@ def sample_from_workdir(config: LMConfig, workdir: str) -> str:
     try:
         state = checkpoint.restore(workdir, template)
     except FileNotFoundError as e:
-        raise cli.ConfigError("workdir", workdir, str(e)) from None
+        raise errors.RunError(f"--workdir={workdir!r}: {e}") from None
     print(f"loaded step {int(state.step)} of {workdir} ({trained.layers} x {trained.cell}, "
           f"hidden {trained.hidden}, vocabulary {len(vocab)})", flush=True)
     return generate(model, state.params, vocab, seed=config.seed, length=config.sample_length,
