@@ -106,6 +106,8 @@ class Config:
                                "into nested results, e.g. valid.bits).")
     direction: str = cli.field("minimize", "Optimise the objective upwards or downwards.",
                                choices=("minimize", "maximize"))
+    summary: bool = cli.field(True, "Print the study's trials and best trial at the end (the "
+                              "worker processes of --workers do not).")
     pruner: str = cli.field("median", "Stop hopeless trials early by their reported validation "
                             "metric.", choices=studies.PRUNERS)
 
@@ -376,10 +378,15 @@ def trial_objective(config: Config, workdir: str) -> Any:
         trial.set_user_attr("settings", texts)
 
         def report(step: int, record: dict[str, Any]) -> None:
-            # A logged record names a validation metric eval_<name> (e.g. eval_valid_bits
-            # for the objective valid.bits); records without it are not reported.
-            keys = (config.objective, "eval_" + config.objective.replace(".", "_"))
-            value = next((record[k] for k in keys if isinstance(record.get(k), (int, float))), None)
+            # A run reports its validation metrics under the objective's own key (e.g.
+            # {"valid": {"bits": ...}} for valid.bits) or as a logged eval_<name> record.
+            value = None
+            for key in (config.objective, "eval_" + config.objective.replace(".", "_")):
+                try:
+                    value = lookup(record, key)
+                    break
+                except (KeyError, TypeError, ValueError):
+                    continue
             if value is None:
                 return
             trial.report(value, step)
@@ -409,15 +416,24 @@ def run_study(config: Config, workdir: str) -> dict[str, Any]:
     storage = config.storage or os.path.join(workdir, "study.journal")
     s = studies.load(config.study, storage, direction=config.direction, pruner=config.pruner)
     if config.workers > 1:
-        argv = [a for a in sys.argv[1:] if not a.startswith("--workers")]
-        procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv,
-                                   "--workers=1", "--storage=" + storage])
-                 for _ in range(config.workers)]
+        argv = [a for a in sys.argv[1:] if not a.startswith(("--workers", "--summary"))]
+        logs = [os.path.join(workdir, f"worker_{i}.log") for i in range(config.workers)]
+        print(f"{config.workers} workers of study {config.study!r} ({storage}); their output "
+              f"goes to {os.path.join(workdir, 'worker_*.log')}", flush=True)
+        procs = []
+        for log in logs:
+            with open(log, "a") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "experiments.sweep", *argv, "--workers=1",
+                     "--nosummary", "--storage=" + storage], stdout=out, stderr=subprocess.STDOUT))
         codes = [p.wait() for p in procs]
         if any(codes):
-            print(f"workers exited with {codes}; rerun the command to continue the study")
+            print(f"workers exited with {codes} (see their logs); rerun the command to "
+                  "continue the study")
     else:
         studies.optimize(s, trial_objective(config, workdir), config.trials)
+    if not config.summary:
+        return {"study": config.study, "storage": storage}
     rows = studies.trials_table(s)
     table = os.path.join(workdir, "trials.csv")
     with open(table, "w", newline="") as f:
@@ -453,7 +469,8 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
     cli.check_workdir(workdir)
     parse_assignments(config.set, "set", multi=False)
     results = run_grid(config, workdir) if config.engine == "grid" else run_study(config, workdir)
-    checkpoint.save_json(workdir, "results", {**results, "config": cli.as_dict(config)})
+    if config.summary:  # a study's worker processes leave the summary to the command
+        checkpoint.save_json(workdir, "results", {**results, "config": cli.as_dict(config)})
     return results
 
 

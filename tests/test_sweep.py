@@ -206,3 +206,32 @@ def test_grid_sweep_of_an_experiment(tmp_path):
         assert not (tmp_path / "never" / "network=sum").exists()
     with pytest.raises(cli.ConfigError, match="experiment='nope' is invalid"):
         process_sweep.run(process_sweep.Config(experiment="nope"), str(tmp_path / "x"))
+
+
+def test_optuna_study_of_char_lm_with_two_workers(tmp_path):
+    """The README's study command, tiny: two worker processes share one journal file."""
+    pytest.importorskip("optuna")
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the cat sat on the mat and the dog ran far away"] * 150))
+    workdir = tmp_path / "study"
+    settings = [f"--set=data_path={text}", "--set=steps=6", "--set=batch_size=4",
+                "--set=seq_len=10", "--set=eval_every=3", "--set=eval_tokens=100",
+                "--set=eval_test=false", "--set=max_minutes=none", "--set=sample_length=5",
+                "--set=progress=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", "--engine=optuna", "--experiment=char_lm",
+         f"--workdir={workdir}", "--study=tiny", "--space=learning_rate=log:1e-3:1e-1,hidden=int:4:8",
+         "--trials=4", "--workers=2", "--objective=valid.bits", "--pruner=none", *settings],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=os.getcwd(), JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = json.load(open(workdir / "results.json"))
+    trials = results["trials"]
+    assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials)
+    assert results["best_value"] == min(t["value"] for t in trials)
+    assert "best trial" in proc.stdout and "valid.bits" in proc.stdout
+    dirs = sorted(p.name for p in workdir.iterdir() if p.name.startswith("trial_"))
+    assert dirs == [f"trial_{i}" for i in range(4)]          # one workdir per trial: none ran twice
+    assert all((workdir / d / "results.json").exists() for d in dirs)
+    logs = [(workdir / f"worker_{i}.log").read_text() for i in range(2)]
+    assert all("validation" in log for log in logs)          # both workers trained
