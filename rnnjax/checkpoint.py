@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rnnjax import atomic
 from rnnjax.errors import CheckpointError, NonFiniteError
 
 PyTree = Any
@@ -272,13 +273,7 @@ def save_json(workdir: str, name: str, obj: Any) -> str:
         raise ValueError(f"side-file name must be a plain file name, got {name!r}")
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, name if name.endswith(".json") else name + ".json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def load_json(workdir: str, name: str) -> Any:

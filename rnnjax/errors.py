@@ -15,6 +15,7 @@ caller may already catch (``FloatingPointError``, ``OSError``, ``ValueError``).
 from __future__ import annotations
 
 import errno
+import os
 
 __all__ = ["RunError", "NonFiniteError", "DiskFullError", "WorkdirLockedError",
            "ConfigMismatchError", "CheckpointError", "disk_full"]
@@ -44,11 +45,18 @@ class CheckpointError(RunError, ValueError):
     """No checkpoint of the workdir can be restored and verified."""
 
 
+_NO_SPACE_WORDS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT),
+                   f"os_error_code='{errno.ENOSPC}'")
+
+
 def _no_space(error: BaseException | None) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:  # the error, its causes and contexts
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        # TensorStore (orbax's writer) reports it as a ValueError with the OS's words.
+        if any(words in str(error) for words in _NO_SPACE_WORDS):
             return True
         error = error.__cause__ or error.__context__
     return False

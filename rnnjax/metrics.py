@@ -20,7 +20,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["FILE", "path_of", "read", "read_records", "append", "truncate", "to_json"]
+from rnnjax import atomic
+
+__all__ = ["FILE", "path_of", "read", "read_records", "append", "write", "truncate", "to_json"]
 
 FILE = "metrics.jsonl"
 
@@ -90,14 +92,7 @@ def append(workdir: str, record: Mapping[str, Any]) -> None:
 
 def write(workdir: str, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace ``workdir/metrics.jsonl`` with ``records``, atomically."""
-    path = path_of(workdir)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path_of(workdir), "".join(json.dumps(r) + "\n" for r in records))
 
 
 def truncate(workdir: str, last_step: int) -> list[Record]:

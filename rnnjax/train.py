@@ -415,12 +415,13 @@ def run(
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, dynamic_ncols=True, smoothing=0.1)
 
-    last_saved = manager.latest_step() if manager is not None else None
     writing = "metrics.jsonl"
 
     def kept() -> str:
         if workdir is None:
             return "nothing was written (no workdir)"
+        # From the disk: an asynchronous save that failed is not a kept checkpoint.
+        last_saved = ckpt.latest_step(workdir)
         where = (f"checkpoint {last_saved}" if last_saved is not None else "no checkpoint yet")
         return f"{workdir!r} keeps {where} and the metrics up to it"
 
@@ -485,15 +486,18 @@ def run(
             if is_ckpt and _streak(state) == 0:
                 writing = f"checkpoint {done}"
                 ckpt.save(manager, done, state)
-                last_saved = done
             window, t_window = [], time.perf_counter()
             if stop:
                 break
-    except OSError as e:
-        full = errors.disk_full(e, f"{writing} in {workdir!r}", kept())
-        if full is None:
+    except Exception as e:  # noqa: BLE001 - orbax reports a full disk as a ValueError
+        if errors.disk_full(e, "", "") is None:
             raise
-        raise full from e
+        if manager is not None:
+            try:  # let the saves under way finish (or fail) before saying what is kept
+                manager.wait_until_finished()
+            except Exception:  # noqa: BLE001 - a second failure of the same full disk
+                pass
+        raise errors.disk_full(e, f"{writing} in {workdir!r}", kept()) from e
     finally:
         if bar is not None:
             bar.close()
@@ -513,8 +517,8 @@ def _finish_saves(manager: Any, workdir: str | None) -> None:
         manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax may wrap the OSError
         full = errors.disk_full(e, f"a checkpoint in {workdir!r}",
-                                "the earlier checkpoints are kept and the unfinished one is "
-                                "ignored on resume")
+                                f"its last complete checkpoint ({ckpt.latest_step(workdir)}) is "
+                                "kept and the unfinished one is ignored on resume")
         if full is None:
             raise
         raise full from e

@@ -334,3 +334,69 @@ def test_a_full_disk_at_a_metrics_write_is_a_one_line_error(tmp_path, straight, 
     monkeypatch.undo()
     _, resumed = run_to(wd, 40)
     assert losses(resumed) == losses(history)
+
+
+def _mount_tmpfs(path, size: str) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+def _wide_run(wd, steps=30):
+    """A state of ~160 KB, a checkpoint every step: a 1 MB disk fills after a few."""
+    def loss(p, batch, key):
+        return jnp.mean((batch @ p["w"] - 1.0) ** 2)
+
+    opt = optax.sgd(0.01)
+    state = train.init_state({"w": jnp.zeros((200, 200))}, opt, seed=0)
+    batches = lambda s: jax.random.normal(jax.random.fold_in(jax.random.key(1), s), (4, 200))
+    return train.run(wd, state, train.make_train_step(loss, opt), batches, steps=steps,
+                     log_every=1, checkpoint_every=1, keep=None, progress=False)
+
+
+def test_a_really_full_disk_stops_cleanly_and_the_run_resumes_after_space_is_freed(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if not _mount_tmpfs(small, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); ENOSPC is injected above instead")
+    try:
+        wd = str(small / "w")
+        with pytest.raises(errors.DiskFullError) as info:
+            _wide_run(wd)
+        assert "\n" not in str(info.value) and "disk is full" in str(info.value)
+        kept = checkpoint.latest_step(wd)
+        assert kept is not None and f"checkpoint {kept}" in str(info.value)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        _, resumed = _wide_run(wd)
+        _, straight = _wide_run(str(tmp_path / "straight"))
+        assert losses(resumed) == losses(straight)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_full_disk_never_damages_a_side_file(tmp_path, monkeypatch):
+    from rnnjax import atomic
+
+    checkpoint.save_json(str(tmp_path), "config", {"hidden": 32})
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: Full(open(*a, **k)), raising=False)
+    with pytest.raises(errors.DiskFullError, match="config.json keeps its previous content"):
+        checkpoint.save_json(str(tmp_path), "config", {"hidden": 64})
+    monkeypatch.undo()
+    assert checkpoint.load_json(str(tmp_path), "config") == {"hidden": 32}
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
