@@ -199,3 +199,74 @@ def test_hf_solves_a_short_memory_problem_through_the_training_loop():
     accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test["targets"]))
     assert accuracy > 0.99, (accuracy, history[-1])
     assert int(state.opt_state.updates) == 25 and history[-1]["cg_iters"] >= 1
+
+
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_float64_params_keep_every_product_in_float64(loss_name):
+    """Losses, Gauss-Newton products, the structural term, CG and the state follow float64 params."""
+    with jax.enable_x64():
+        params, net = tiny_rnn(jax.random.PRNGKey(3))
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+        batch = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x,
+                             tiny_batch(jax.random.PRNGKey(4), loss_name))
+        outputs, gv, _ = hf.gauss_newton_operator(net, LOSSES[loss_name], params, batch,
+                                                  net_returns_hidden=True)
+        flat, _ = ravel_pytree(params)
+        v = jax.random.normal(jax.random.PRNGKey(5), flat.shape, jnp.float64)
+        assert gv(v, 0.3).dtype == jnp.float64 and outputs[0].dtype == jnp.float64
+        # The float64 loss is the same function as rnnjax.losses' float32 one.
+        loss64 = LOSSES[loss_name].loss(outputs[0], batch)
+        loss32 = LOSSES[loss_name].loss(outputs[0].astype(jnp.float32), batch)
+        assert loss64.dtype == jnp.float64 and loss32.dtype == jnp.float32
+        np.testing.assert_allclose(float(loss64), float(loss32), rtol=1e-5)
+        # In float64 the product is symmetric to rounding: u.Gv == v.Gu to ~1e-12.
+        u = jax.random.normal(jax.random.PRNGKey(6), flat.shape, jnp.float64)
+        np.testing.assert_allclose(jnp.vdot(u, gv(v, 0.3)), jnp.vdot(v, gv(u, 0.3)), rtol=1e-12)
+        opt = hf.hessian_free(net, LOSSES[loss_name], net_returns_hidden=True,
+                              structural_damping=0.1, max_cg_iters=5)
+        state = opt.init(params)
+        new, state, info = opt.update(params, state, batch, batch, batch)
+        assert state.damping.dtype == jnp.float64 and state.direction.dtype == jnp.float64
+        assert info["loss"].dtype == jnp.float64
+        assert all(x.dtype == jnp.float64 for x in jax.tree.leaves(new))
+
+
+def test_martens2011_protocol_solves_addition_at_T10_in_a_few_updates():
+    """The paper's protocol (smaller batches: 2,000 / 500 / 500, 100 CG steps) on T = 10."""
+    from rnnjax import initializers
+    from rnnjax.data import synthetic
+    from rnnjax.models import hf as adapter
+
+    protocol = hf.martens2011(gradient_batch=2000, curvature_batch=500, eval_batch=500,
+                              max_cg_iters=100)
+    assert (protocol.hidden, protocol.sparse_connections, protocol.max_cg_iters,
+            protocol.structural_damping) == (100, 15, 100, 1 / 30)
+    task = synthetic.get("addition")
+    cell = cells.vanilla(protocol.hidden, "tanh", input_init=initializers.sparse(15),
+                         recurrent_init=initializers.sparse(15, radius=protocol.spectral_radius))
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    params = {"rnn": cell.init(k1, 2), "W_o": 0.01 * jax.random.normal(k2, (protocol.hidden, 1)),
+              "b_o": jnp.zeros((1,))}
+
+    def net(p, batch):
+        _, hs = recurrence.unroll(cell, p["rnn"], batch.inputs)
+        return hs @ p["W_o"] + p["b_o"], hs
+
+    state, step = adapter.state_and_step(net, task.kind, params, protocol)
+    step = jax.jit(step)
+    predict = jax.jit(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0])
+    rates = []
+    for i in range(12):
+        k = jax.random.fold_in(jax.random.PRNGKey(1), i)
+        batches = tuple(task.generate(jax.random.fold_in(k, j), n, 10)
+                        for j, n in enumerate((2000, 500, 500)))
+        state, metrics = step(state, batches)
+        rates.append(synthetic.evaluate(task, lambda xs: predict(state.params, xs),
+                                        jax.random.PRNGKey(9), 10, num_sequences=2000,
+                                        batch_size=2000))
+        if synthetic.solved(rates[-1]):
+            break
+    assert synthetic.solved(rates[-1]), rates
+    assert rates[0] > 0.05  # it learned: the first update did not solve it
+    with pytest.raises(ValueError, match="unknown setting"):
+        hf.martens2011(cg_iters=3)

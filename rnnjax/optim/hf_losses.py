@@ -48,6 +48,12 @@ def _default_mask(batch: Batch) -> Array | None:
     return batch.get("mask") if isinstance(batch, dict) else getattr(batch, "mask", None)
 
 
+def _wide(outputs: Array) -> bool:
+    """Outputs wider than float32 (float64 under x64): the loss is computed here in their
+    dtype, since :mod:`rnnjax.losses` computes in float32."""
+    return jnp.finfo(outputs.dtype).bits > 32
+
+
 def _position_weights(mask: Array | None, shape: tuple[int, ...], dtype) -> Array:
     """Weights w (broadcast to ``shape``) with loss = Σ w·ℓ: mask / number counted."""
     if mask is None:
@@ -71,7 +77,12 @@ def softmax_cross_entropy(targets: Callable[[Batch], Array] = _default_targets,
     """
 
     def loss(outputs, batch):
-        return losses.cross_entropy(outputs, targets(batch), mask(batch))
+        if not _wide(outputs):
+            return losses.cross_entropy(outputs, targets(batch), mask(batch))
+        w = _position_weights(mask(batch), outputs.shape[:-1], outputs.dtype)
+        logp = jax.nn.log_softmax(outputs, axis=-1)
+        picked = jnp.take_along_axis(logp, targets(batch)[..., None].astype(jnp.int32), -1)
+        return -jnp.sum(w * picked[..., 0])
 
     def hessian_vp(outputs, batch, v):
         p = jax.nn.softmax(outputs, axis=-1)
@@ -90,7 +101,11 @@ def sigmoid_cross_entropy(targets: Callable[[Batch], Array] = _default_targets,
     """
 
     def loss(outputs, batch):
-        return losses.sigmoid_binary_cross_entropy(outputs, targets(batch), mask(batch))
+        if not _wide(outputs):
+            return losses.sigmoid_binary_cross_entropy(outputs, targets(batch), mask(batch))
+        w = _position_weights(mask(batch), outputs.shape, outputs.dtype)
+        y = targets(batch).astype(outputs.dtype)
+        return jnp.sum(w * (jax.nn.softplus(outputs) - y * outputs))
 
     def hessian_vp(outputs, batch, v):
         s = jax.nn.sigmoid(outputs)
@@ -110,7 +125,10 @@ def squared_error(targets: Callable[[Batch], Array] = _default_targets,
     """
 
     def loss(outputs, batch):
-        return losses.squared_error(outputs, targets(batch), mask(batch))
+        if not _wide(outputs):
+            return losses.squared_error(outputs, targets(batch), mask(batch))
+        w = _position_weights(mask(batch), outputs.shape, outputs.dtype)
+        return jnp.sum(w * jnp.square(outputs - targets(batch).astype(outputs.dtype)))
 
     def hessian_vp(outputs, batch, v):
         w = _position_weights(mask(batch), outputs.shape, outputs.dtype)
