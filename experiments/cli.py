@@ -347,7 +347,7 @@ def from_flags(config_cls: type, argv: list[str] | None = None,
         raise app.UsageError(_flag_message(e, values)) from None
     # Orbax and JAX log every checkpoint and backend probe at INFO; keep the terminal
     # for the progress bar and the results unless --verbosity is given (0: INFO).
-    if not flag_values["verbosity"].present:
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     apply_compilation_cache(flag_values["compilation_cache"].value)
     join_processes(flag_values)
