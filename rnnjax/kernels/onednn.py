@@ -60,13 +60,16 @@ import numpy as np
 from jax import lax
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["BACKENDS", "KINDS", "available", "unroll", "core", "with_backend", "uses_onednn",
+__all__ = ["BACKENDS", "KINDS", "AUTO_KINDS", "available", "unroll", "core", "with_backend", "uses_onednn",
            "cache_root"]
 
 BACKENDS = ("auto", "xla", "onednn")
 # Cell kinds and the C++ side's codes. Vanilla cells: the activations oneDNN has.
 KINDS = {"tanh": 0, "relu": 1, "logistic": 2, "lstm": 3, "gru": 4}
-_GATES = {"tanh": 1, "relu": 1, "logistic": 1, "lstm": 4, "gru": 3}
+# What backend="auto" runs on oneDNN: the cells whose training step it made faster in
+# bench.lm_step on a 2-core CPU. The vanilla cell's step was faster on XLA's fused unroll
+# (one small matmul per step, where the primitive's per-step overhead shows).
+AUTO_KINDS = ("lstm", "gru")
 _SOURCE = Path(__file__).with_name("onednn_rnn.cc")
 _FORWARD, _BACKWARD = "rnnjax_onednn_forward", "rnnjax_onednn_backward"
 CACHE_ENV = "RNNJAX_KERNEL_CACHE"
@@ -404,14 +407,14 @@ def uses_onednn(backend: str, kind: str | None, params, xs, carry, lengths=None,
                 remat: bool = False) -> bool:
     """Whether ``backend`` runs this unroll on oneDNN.
 
-    ``"xla"``: never. ``"auto"``: when the kernel is available, JAX runs on the CPU, the
-    cell kind has a primitive, there are no ``lengths``, no ``remat``, every input is
-    float32 and no vmap or nested differentiation is tracing it. ``"onednn"``: the
+    ``"xla"``: never. ``"auto"``: for the kinds in ``AUTO_KINDS`` (LSTM, GRU) when the
+    kernel is available, JAX runs on the CPU, there are no ``lengths``, no ``remat``,
+    every input is float32 and no vmap or nested differentiation is tracing it. ``"onednn"``: the
     same, but a request it cannot serve is an error (a missing kernel only warns).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if backend == "xla" or kind is None and backend == "auto":
+    if backend == "xla" or backend == "auto" and kind not in AUTO_KINDS:
         return False
     reasons = []
     if kind is None:
@@ -440,7 +443,8 @@ def with_backend(cell, backend: str = "auto", *, threads: int = 0):
 
     ``cell`` is a float32 cell from ``cells.lstm``, ``cells.gru`` or ``cells.vanilla``
     (tanh, relu, logistic); where oneDNN is not used (see ``uses_onednn``) the cell's
-    own unroll runs, the fused XLA one if it has one. ``backend="xla"`` returns ``cell``.
+    own unroll runs, the fused XLA one if it has one. ``backend="xla"`` returns ``cell``;
+    ``"auto"`` leaves vanilla cells on XLA (``AUTO_KINDS``), ``"onednn"`` does not.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
