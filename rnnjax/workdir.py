@@ -60,6 +60,17 @@ def _locked_error(workdir: str) -> WorkdirLockedError:
         "finish, stop it, or choose another --workdir")
 
 
+def _try_flock(fd: int, mode: int) -> bool:
+    """Take an flock without waiting; False when another open file holds it."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[str]:
     """Hold ``workdir``'s lock for the ``with`` block (creates ``workdir``); yields the lock path.
@@ -71,12 +82,8 @@ def lock(workdir: str) -> Iterator[str]:
     path = _lock_path(workdir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise _locked_error(workdir) from None
+        if not _try_flock(fd, fcntl.LOCK_EX):
+            raise _locked_error(workdir)
         # Ours now (a stale file of a killed run is simply overwritten).
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -103,13 +110,9 @@ def check_free(workdir: str) -> None:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
+        if not _try_flock(fd, fcntl.LOCK_SH):
             if _holder_pid(workdir) != os.getpid():
-                raise _locked_error(workdir) from None
+                raise _locked_error(workdir)
             return
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
