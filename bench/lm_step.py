@@ -11,7 +11,6 @@ Columns:
   flax         flax.linen nn.RNN(SimpleCell / LSTMCell / GRUCell) + nn.Dense, optax.adam.
   rnnjax_scan  rnnjax's generic lax.scan (cells.X(..., fused=False)), jax.grad through it.
   rnnjax       rnnjax's default cells (rnnjax.fused, custom-JVP mode: all autodiff works).
-  rnnjax_vjp   cells.X(..., fused="vjp"): the custom-VJP mode (reverse mode only).
   rnnjax_onednn  rnnjax's cells on oneDNN's fused RNN primitives (rnnjax.kernels.onednn,
                backend="onednn"; needs the onednn extra and a C++ compiler), XLA around
                them. It takes dense inputs: one-hot vectors also with --input=ids.
@@ -19,7 +18,6 @@ Columns:
                over all JAX devices, the gradients all-reduced. On a CPU, --cpu_devices=N
                makes N CPU devices, one per core, instead of one device whose matmuls
                use the cores together.
-  rnnjax_dp_vjp  the same with fused="vjp" cells.
   torch_dp_ideal  PyTorch with one thread on a batch of B/N (N = --cpu_devices): the step
                time of one of N data-parallel replicas alone, so a lower bound on the step
                time of PyTorch's own N-way data parallelism (no all-reduce, no sharing).
@@ -54,8 +52,8 @@ from absl import app, flags
 
 from rnnjax import allocator
 
-FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_vjp", "rnnjax_onednn",
-              "rnnjax_dp", "rnnjax_dp_vjp", "torch_dp_ideal")
+FRAMEWORKS = ("torch", "flax", "rnnjax_scan", "rnnjax", "rnnjax_onednn", "rnnjax_dp",
+              "torch_dp_ideal")
 CELLS = ("tanh", "lstm", "gru")
 GATES = {"tanh": 1, "lstm": 4, "gru": 3}
 
@@ -181,8 +179,7 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     else:
         from rnnjax import cells, recurrence
-        fused = {"rnnjax_scan": False, "rnnjax": True, "rnnjax_vjp": "vjp", "rnnjax_onednn": True,
-                 "rnnjax_dp": True, "rnnjax_dp_vjp": "vjp"}[framework]
+        fused = framework != "rnnjax_scan"
         cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
                 "lstm": lambda: cells.lstm(H, fused=fused),
                 "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()

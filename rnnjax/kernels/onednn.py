@@ -468,6 +468,10 @@ def with_backend(cell, backend: str = "auto", *, threads: int = 0):
     def unroll_onednn(params, xs, carry, reverse):
         return globals()["unroll"](kind, params, xs, carry, reverse=reverse, threads=threads)
 
+    # Marked step-equivalent like the fused unroll (recurrence.unroll drops a stale one),
+    # and carrying the fused core, so that fused.with_projection (token-id lookups, which
+    # oneDNN cannot take) keeps the fused XLA unroll.
     unroll_override.steps = (cell.project, cell.recurrent_step)
+    unroll_override.core = getattr(cell.unroll, "core", None)
     unroll_override.backend = backend
     return cell._replace(unroll=unroll_override)
