@@ -20,6 +20,11 @@ Examples (2-core CPU; the first trains for a few minutes)::
     python -m experiments.translate --task=num_de --reverse_source --beam_width=4
     python -m experiments.translate --task=piglatin --model=lockstep
 
+From Python::
+
+    config = dataclasses.replace(translate.Config(), task="num_de", steps=300)
+    results = translate.run(config, "runs/de")       # also in runs/de/results.json
+
 BLEU is computed on characters (``sacrebleu`` with ``tokenize="char"``): a
 Pig Latin "sentence" is one word, where word-level BLEU says nothing. chrF is
 sacrebleu's default chrF2. Results go to ``<workdir>/results.json``.
@@ -27,61 +32,125 @@ sacrebleu's default chrF2. Results go to ``<workdir>/results.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app
 
-from experiments import flags as common
-from rnnjax import checkpoint, train
+from experiments import cli
+from rnnjax import cells, checkpoint, device, errors, train
 from rnnjax.data import translation as tr
 from rnnjax.models import lockstep
 from rnnjax.models import seq2seq as s2s
+from rnnjax.optim import factory
 
-FLAGS = flags.FLAGS
-common.define("enum", "task", "piglatin", list(tr.TASKS), "Which pairs to learn.")
-common.define("string", "data_path", None, "With --task=tsv: a UTF-8 file of 'source<TAB>target' "
-                    "lines.")
-common.define("integer", "max_number", 10_000, "Number tasks use 0 .. max_number-1, 20% held out.")
-common.define("enum", "model", "seq2seq", ["seq2seq", "lockstep"], "The encoder–decoder, or the "
-                  "lockstep baseline (one output character per input character).")
-common.define("string", "decoder_cell", None, "The decoder's cell (default: --cell).")
-common.define("integer", "embed", 32, "Character embedding size.")
-common.define("bool", "bidirectional", False, "Bidirectional encoder (states of size 2 * --hidden).")
-common.define("enum", "attention", "none", list(s2s.ATTENTIONS), "none, additive (Bahdanau 2015) "
-                  "or dot (scaled dot product).")
-common.define("integer", "attention_size", 64, "Size of the attention's query/key projections.")
-common.define("bool", "reverse_source", False, "Read each source backwards (Sutskever et al. 2014).")
-common.define("integer", "beam_width", 1, "Beam width; 1 is greedy decoding only, >1 evaluates "
-                     "greedy and beam search.")
-common.define("float", "length_penalty", 1.0, "Beam search ranks finished outputs by "
-                   "log p / steps**length_penalty (0: plain log-probability).")
-common.define("integer", "eval_every", 500, "Validation cross-entropy every N steps (0: at the end "
-                     "only).")
-common.define("integer", "eval_batch_size", 256, "Pairs per evaluation / decoding batch.")
-common.define("integer", "eval_limit", 0, "Decode only the first N validation pairs for exact match, "
-                     "BLEU and chrF (0: all). Cross-entropy always uses all.")
-common.define("string", "translate", None, "Translate this text with the model saved in --workdir "
-                    "(no training). For --task=piglatin each word is translated on its own.")
-common.define("string", "plot", None, "Where to draw the attention heat map (PNG); default "
-                    "<workdir>/attention.png. Needs --attention.")
-
-MODEL_FLAGS = ("task", "max_number", "model", "cell", "decoder_cell", "hidden", "embed",
-               "bidirectional", "attention", "attention_size", "reverse_source", "seed",
-               "optimizer", "learning_rate", "lr_schedule", "warmup_steps", "steps")
-
-# This experiment's defaults for the common flags, set only when run as a script
-# (importing the module must not change other experiments' defaults).
-DEFAULTS = dict(cell="gru", hidden=64, batch_size=64, learning_rate=3e-3, clip_norm=5.0,
-                steps=1500, checkpoint_every=0)
+MAX_NUMBER = 1_000_000  # num2words writes about 30,000 numbers a second
 
 
-def set_defaults() -> None:
-    for name, value in DEFAULTS.items():
-        FLAGS.set_default(name, value)
+def _cell_name(name: str) -> str | None:
+    return None if name in cells.CELL_NAMES else "accepted: " + ", ".join(cells.CELL_NAMES)
+
+
+def _number_range(value: int) -> str | None:
+    return None if 10 <= value <= MAX_NUMBER else f"expected an integer in [10, {MAX_NUMBER:,}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(cli.TrainConfig):
+    """The task, the model, its decoding and the run."""
+
+    # Settings of decoding, evaluation and --translate: they may change on a rerun.
+    RESUMABLE = frozenset({"beam_width", "length_penalty", "eval_batch_size", "eval_limit",
+                           "translate", "plot"})
+
+    task: str = cli.field("piglatin", "Which pairs to learn.", choices=tr.TASKS)
+    data_path: str | None = cli.field(None, "With --task=tsv: a UTF-8 file of "
+                                      "'source<TAB>target' lines.")
+    max_length: int = cli.field(200, "With --task=tsv: the longest source or target accepted, "
+                                "in characters (one long line would pad every batch).",
+                                check=cli.positive)
+    max_number: int = cli.field(10_000, "Number tasks use 0 .. max_number-1, 20% held out.",
+                                check=_number_range)
+    model: str = cli.field("seq2seq", "The encoder–decoder, or the lockstep baseline (one "
+                           "output character per input character).",
+                           choices=("seq2seq", "lockstep"))
+    decoder_cell: str | None = cli.field(None, "The decoder's cell (default: --cell).",
+                                         check=_cell_name)
+    embed: int = cli.field(32, "Character embedding size.", check=cli.positive)
+    bidirectional: bool = cli.field(False, "Bidirectional encoder (states of size 2 * --hidden).")
+    attention: str = cli.field("none", "none, additive (Bahdanau 2015) or dot (scaled dot "
+                               "product).", choices=s2s.ATTENTIONS)
+    attention_size: int = cli.field(64, "Size of the attention's query/key projections.",
+                                    check=cli.positive)
+    reverse_source: bool = cli.field(False, "Read each source backwards (Sutskever et al. 2014).")
+    beam_width: int = cli.field(1, "Beam width; 1 is greedy decoding only, >1 evaluates greedy "
+                                "and beam search.", check=cli.positive)
+    length_penalty: float = cli.field(1.0, "Beam search ranks finished outputs by log p / "
+                                      "steps**length_penalty (0: plain log-probability).",
+                                      check=cli.non_negative)
+    eval_every: int = cli.field(500, "Validation cross-entropy every N steps (0: at the end "
+                                "only).", check=cli.non_negative)
+    eval_batch_size: int = cli.field(256, "Pairs per evaluation / decoding batch.",
+                                     check=cli.positive)
+    eval_limit: int = cli.field(0, "Decode only the first N validation pairs for exact match, "
+                                "BLEU and chrF (0: all). Cross-entropy always uses all.",
+                                check=cli.non_negative)
+    translate: str | None = cli.field(None, "Translate this text with the model saved in "
+                                      "--workdir (no training). For --task=piglatin each word "
+                                      "is translated on its own.")
+    plot: str | None = cli.field(None, "Where to draw the attention heat map (PNG); default "
+                                 "<workdir>/attention.png. Needs --attention.")
+
+    # This experiment's defaults for the common settings.
+    cell: str = "gru"
+    hidden: int = 64
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    clip_norm: float | None = 5.0
+    steps: int = 1500
+    checkpoint_every: int = 0
+
+    def check(self) -> None:
+        if self.task == "tsv" and not self.data_path and self.translate is None:
+            raise cli.ConfigError("data_path", self.data_path, "task=tsv needs a UTF-8 file "
+                                  "of 'source<TAB>target' lines")
+        if self.task != "tsv" and self.data_path:
+            raise cli.ConfigError("data_path", self.data_path, f"is only used with task=tsv, "
+                                  f"not task={self.task}")
+        if self.model == "lockstep":
+            for name in ("bidirectional", "reverse_source"):
+                if getattr(self, name):
+                    raise cli.ConfigError(name, True, "is for model=seq2seq; the lockstep "
+                                          "baseline has no encoder")
+            if self.attention != "none":
+                raise cli.ConfigError("attention", self.attention, "is for model=seq2seq; the "
+                                      "lockstep baseline emits one character per input step")
+            if self.beam_width != 1:
+                raise cli.ConfigError("beam_width", self.beam_width, "is for model=seq2seq; the "
+                                      "lockstep baseline emits one character per input step")
+        if self.plot and self.attention == "none" and self.translate is None:
+            raise cli.ConfigError("plot", self.plot, "draws attention weights: it needs "
+                                  "attention=additive|dot")
+        if self.plot:
+            _check_output("plot", self.plot)
+        super().check()
+
+
+def _check_output(name: str, path: str) -> None:
+    """ConfigError unless ``path`` is a file that can be written (found before training)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise cli.ConfigError(name, path, "is a directory; give a file name")
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise cli.ConfigError(name, path, f"cannot be written ({probe!r} is not a writable "
+                              "directory)")
 
 
 # --------------------------------------------------------------------------- the model
@@ -89,17 +158,17 @@ def set_defaults() -> None:
 class Model:
     """The functions a run needs, for either model."""
 
-    def __init__(self, cfg: dict[str, Any], data: tr.TranslationData):
-        self.kind = cfg["model"]
+    def __init__(self, config: Config, data: tr.TranslationData):
+        self.kind = config.model
         if self.kind == "lockstep":
             self.config = lockstep.Config(data.src_vocab.size, data.tgt_vocab.size,
-                                          cfg["embed"], cfg["hidden"], cfg["cell"])
+                                          config.embed, config.hidden, config.cell)
             self.module = lockstep
         else:
             self.config = s2s.Config(
-                data.src_vocab.size, data.tgt_vocab.size, cfg["embed"], cfg["hidden"],
-                cfg["cell"], cfg["decoder_cell"] or cfg["cell"], cfg["bidirectional"],
-                cfg["attention"], cfg["attention_size"], cfg["reverse_source"]).validate()
+                data.src_vocab.size, data.tgt_vocab.size, config.embed, config.hidden,
+                config.cell, config.decoder_cell or config.cell, config.bidirectional,
+                config.attention, config.attention_size, config.reverse_source).validate()
             self.module = s2s
 
     def init(self, key: jax.Array):
@@ -118,12 +187,6 @@ class Model:
             return self.module.greedy_decode(params, self.config, src, src_lengths, max_len)
         return s2s.beam_search(params, self.config, src, src_lengths, beam_width, max_len,
                                length_penalty).best()
-
-
-def _make_optimizer(cfg: dict[str, Any]):
-    from rnnjax import optimizers
-    return optimizers.make(cfg["optimizer"], cfg["learning_rate"], schedule=cfg["lr_schedule"],
-                           steps=cfg["steps"], warmup_steps=cfg["warmup_steps"])
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -188,134 +251,151 @@ def _split_input(task: str, text: str) -> list[str]:
         words = [w for w in text.lower().split() if w]
         bad = [w for w in words if not w.isalpha() or not w.isascii()]
         if not words or bad:
-            raise app.UsageError(f"--translate={text!r}: the piglatin model translates words "
-                                 f"of the letters a-z; offending: {bad or 'no words'}")
+            raise cli.ConfigError("translate", text, "the piglatin model translates words of "
+                                  f"the letters a-z; offending: {bad or 'no words'}")
         return words
     if not text.strip():
-        raise app.UsageError("--translate needs some text")
+        raise cli.ConfigError("translate", text, "expected some text")
     return [text.strip()]
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- run
 
-def _validate_own_flags() -> None:
-    for name in ("embed", "attention_size", "beam_width", "eval_batch_size", "max_number"):
-        common.check_positive_int(name, FLAGS[name].value)
-    for name in ("eval_every", "eval_limit"):
-        common.check_positive_int(name, FLAGS[name].value, allow_zero=True)
-    if FLAGS.decoder_cell is not None:
-        common.check_choice("decoder_cell", FLAGS.decoder_cell, s2s.cells_lib.CELL_NAMES)
-    if FLAGS.length_penalty < 0:
-        raise app.UsageError(f"--length_penalty={FLAGS.length_penalty} is invalid: expected a "
-                             "number >= 0")
-    if FLAGS.model == "lockstep":
-        for name in ("bidirectional", "reverse_source"):
-            if FLAGS[name].value:
-                raise app.UsageError(f"--{name} is for --model=seq2seq; the lockstep baseline "
-                                     "has no encoder")
-        if FLAGS.attention != "none" or FLAGS.beam_width != 1:
-            raise app.UsageError("--attention and --beam_width are for --model=seq2seq; the "
-                                 "lockstep baseline emits one character per input step")
-    if FLAGS.plot and FLAGS.attention == "none" and not FLAGS.translate:
-        raise app.UsageError("--plot draws attention weights: it needs --attention=additive|dot")
+def trained_config(config: Config, workdir: str) -> Config:
+    """``config`` with the settings that shaped ``workdir``'s model (its ``config.json``);
+    the decoding settings stay the caller's."""
+    saved = checkpoint.load_json(workdir, "config")
+    names = {f.name for f in dataclasses.fields(config)} - Config.RESUMABLE
+    return dataclasses.replace(config, **{k: v for k, v in saved.items() if k in names})
 
 
-def run_translate(text: str) -> None:
-    """Load --workdir's model and translate ``text``."""
-    workdir = FLAGS.workdir
+def translate_from_workdir(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Load ``workdir``'s model and translate ``config.translate``; nothing in the workdir
+    is changed (a heat map goes to ``plot``, or beside the model)."""
     if not workdir or checkpoint.latest_step(workdir) is None:
-        raise app.UsageError(f"--translate needs --workdir with a trained model (a checkpoint, "
-                             f"config.json and vocab.json); {workdir!r} has no checkpoint. Train "
-                             "first, e.g. python -m experiments.translate --task=piglatin "
-                             "--attention=additive --workdir=DIR")
-    cfg = checkpoint.load_json(workdir, "config")
-    vocab = checkpoint.load_json(workdir, "vocab")
-    data = tr.TranslationData(cfg["task"], [], [], tr.CharVocab.from_json(vocab["src"]),
+        raise errors.RunError(
+            f"--translate needs --workdir with a trained model (a checkpoint, config.json and "
+            f"vocab.json); {workdir!r} has no checkpoint. Train first, e.g. python -m "
+            "experiments.translate --task=piglatin --attention=additive --workdir=DIR")
+    try:
+        trained = trained_config(config, workdir)
+        vocab = checkpoint.load_json(workdir, "vocab")
+    except FileNotFoundError as e:
+        raise errors.RunError(f"--workdir={workdir!r} is not a trained translation model: "
+                              f"{e}") from None
+    sources = _split_input(trained.task, config.translate)
+    data = tr.TranslationData(trained.task, [], [], tr.CharVocab.from_json(vocab["src"]),
                               tr.CharVocab.from_json(vocab["tgt"]), vocab["max_src_len"],
                               vocab["max_tgt_len"])
-    model = Model(cfg, data)
+    model = Model(trained, data)
     params = model.init(jax.random.key(0))
-    template = train.init_state(params, _make_optimizer(cfg), seed=cfg["seed"])
+    template = train.init_state(params, factory.from_config(trained), seed=trained.seed)
     params = checkpoint.restore(workdir, template).params
-    sources = _split_input(cfg["task"], text)
-    beam = FLAGS.beam_width
-    outputs, attentions = translate_pairs(model, params, data, sources, 64, beam,
-                                          FLAGS.length_penalty)
+    outputs, attentions = translate_pairs(model, params, data, sources, 64, config.beam_width,
+                                          config.length_penalty)
     print(" ".join(outputs))
-    if model.kind == "seq2seq" and cfg["attention"] != "none":
-        path = FLAGS.plot or os.path.join(workdir, "translation_attention.png")
+    results: dict[str, Any] = {"sources": sources, "outputs": outputs}
+    if model.kind == "seq2seq" and trained.attention != "none":
+        path = config.plot or os.path.join(workdir, "translation_attention.png")
         plot_attention(path, list(zip(sources, outputs, attentions))[:6])
         print(f"attention heat map: {path}")
+        results["plot"] = path
+    return results
 
 
-def main(argv):
-    del argv
-    cfg = common.validate()
-    _validate_own_flags()
-    if FLAGS.translate is not None:
-        run_translate(FLAGS.translate)
-        return
-    cfg.update({name: FLAGS[name].value for name in MODEL_FLAGS})
-    data = tr.load_task(FLAGS.task, data_path=FLAGS.data_path, seed=FLAGS.seed,
-                        max_number=FLAGS.max_number)
-    if FLAGS.batch_size > len(data.train):
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is larger than the "
-                             f"{len(data.train)} training pairs")
+def check_fits(config: Config, model: Model, data: tr.TranslationData) -> None:
+    """ConfigError naming the size settings when training needs more memory than there is."""
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+    # Per pair and time step: embeddings, encoder and decoder states and gates, attention.
+    steps = data.max_src_len + data.max_tgt_len
+    per_step = 8 * config.hidden + config.embed + config.attention_size + data.tgt_vocab.size
+    problem = device.check_fits(n_params, config.batch_size * steps * per_step)
+    if problem:
+        raise cli.ConfigError("hidden", config.hidden, f"{problem}; lower hidden, embed, "
+                              "attention_size or batch_size")
+
+
+def run(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Train on the task and evaluate it (or, with ``translate``, translate with the model
+    saved in ``workdir``); results also in ``workdir/results.json``."""
+    cli.validate(config)
+    if config.translate is not None:
+        return translate_from_workdir(config, workdir)
+    try:
+        data = tr.load_task(config.task, data_path=config.data_path, seed=config.seed,
+                            max_number=config.max_number, max_length=config.max_length)
+    except (OSError, ValueError, ImportError) as e:
+        raise errors.RunError(str(e)) from None
+    if config.batch_size > len(data.train):
+        raise cli.ConfigError("batch_size", config.batch_size, f"is larger than the "
+                              f"{len(data.train)} training pairs")
+    model = Model(config, data)
+    check_fits(config, model, data)
+    with cli.workdir_session(workdir, config):
+        return train_and_evaluate(config, workdir, data, model)
+
+
+def train_and_evaluate(config: Config, workdir: str | None, data: tr.TranslationData,
+                       model: Model) -> dict[str, Any]:
+    """Train ``model`` on ``data``, decode the validation pairs, write the results."""
     print(f"task {data.name}: {len(data.train)} train / {len(data.valid)} valid pairs, "
           f"source vocab {data.src_vocab.size}, target vocab {data.tgt_vocab.size}, "
           f"lengths {data.max_src_len} / {data.max_tgt_len}")
-    model = Model(cfg, data)
-    workdir = FLAGS.workdir
     if workdir:
-        common.save_config(workdir, cfg)
         checkpoint.save_json(workdir, "vocab", data.vocab_json())
 
-    key = jax.random.key(FLAGS.seed)
+    key = jax.random.key(config.seed)
     params = model.init(key)
-    optimizer = common.make_optimizer()
-    state = train.init_state(params, optimizer, seed=FLAGS.seed)
-    step_fn = train.make_train_step(model.loss_fn, optimizer, clip_norm=FLAGS.clip_norm,
-                                    has_aux=True)
-    seed = FLAGS.seed
-    batch_fn: Callable[[int], tr.Batch] = lambda s: tr.train_batch(data, FLAGS.batch_size, s, seed)
+    optimizer = factory.from_config(config)
+    state = train.init_state(params, optimizer, seed=config.seed)
+    step_fn = train.make_train_step(model.loss_fn, optimizer, has_aux=True)
+    seed = config.seed
+    batch_fn: Callable[[int], tr.Batch] = lambda s: tr.train_batch(data, config.batch_size, s,
+                                                                   seed)
 
     def eval_fn(st: train.TrainState) -> dict[str, float]:
         return {"valid_nats": cross_entropy(model, st.params, data, data.valid,
-                                            FLAGS.eval_batch_size)}
+                                            config.eval_batch_size)}
 
-    loop = common.loop_kwargs()
+    loop = cli.loop_kwargs(config, workdir)
     if loop["checkpoint_every"] is None and workdir:
-        loop["checkpoint_every"] = FLAGS.steps  # keep the final model for --translate
+        loop["checkpoint_every"] = config.steps  # keep the final model for --translate
     t0 = time.time()
     state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=eval_fn,
-                               eval_every=FLAGS.eval_every or None, **loop)
+                               eval_every=config.eval_every or None, **loop)
     # A rerun of a finished workdir restores it and only evaluates: report the
     # training time that its log recorded.
     train_seconds = history[-1].get("time", time.time() - t0) if history else time.time() - t0
     params = state.params
 
-    results: dict[str, Any] = {"config": cfg, "train_seconds": round(train_seconds, 1),
+    results: dict[str, Any] = {"config": cli.as_dict(config),
+                               "train_seconds": round(train_seconds, 1),
                                "train_pairs": len(data.train), "valid_pairs": len(data.valid)}
-    results["valid_nats"] = history[-1].get("eval_valid_nats")
-    results["train_nats_last"] = history[-1]["loss"]
-    valid = data.valid[:FLAGS.eval_limit] if FLAGS.eval_limit else data.valid
+    results["valid_nats"] = history[-1].get("eval_valid_nats") if history else None
+    if results["valid_nats"] is None:
+        results["valid_nats"] = cross_entropy(model, params, data, data.valid,
+                                              config.eval_batch_size)
+    results["train_nats_last"] = next((r["loss"] for r in reversed(history) if "loss" in r),
+                                      float("nan"))
+    valid = data.valid[:config.eval_limit] if config.eval_limit else data.valid
     refs = [t for _, t in valid]
     sources = [s for s, _ in valid]
-    widths = [1] + ([FLAGS.beam_width] if FLAGS.beam_width > 1 else [])
+    widths = [1] + ([config.beam_width] if config.beam_width > 1 else [])
     decoded_attention = None
     for width in widths:
         t1 = time.time()
-        hyps, attns = translate_pairs(model, params, data, sources, FLAGS.eval_batch_size,
-                                      width, FLAGS.length_penalty)
+        hyps, attns = translate_pairs(model, params, data, sources, config.eval_batch_size,
+                                      width, config.length_penalty)
         name = "greedy" if width == 1 else f"beam{width}"
         results[name] = decode_metrics(hyps, refs)
         results[name]["decode_seconds"] = round(time.time() - t1, 1)
         results[name]["examples"] = [[s, h, r] for s, h, r in zip(sources[:8], hyps, refs)]
         if decoded_attention is None:
             decoded_attention = list(zip(sources, hyps, attns))
-    print(f"trained {FLAGS.steps} steps in {train_seconds:.0f} s; validation cross-entropy "
-          f"{results['valid_nats']:.4f} nats/char")
-    for name in ("greedy", f"beam{FLAGS.beam_width}"):
+    print(f"trained {config.steps} steps in {train_seconds:.0f} s; validation cross-entropy "
+          f"{float(results['valid_nats']):.4f} nats/char")
+    for name in ("greedy", f"beam{config.beam_width}"):
         if name in results:
             r = results[name]
             print(f"{name:>8}: exact match {r['exact_match']:.3f}  BLEU(char) {r['bleu_char']:.1f}"
@@ -324,12 +404,18 @@ def main(argv):
         print(f"  {s!r} -> {h!r}  (reference {r!r})")
     if workdir:
         checkpoint.save_json(workdir, "results", results)
-    if model.kind == "seq2seq" and FLAGS.attention != "none" and (workdir or FLAGS.plot):
-        path = FLAGS.plot or os.path.join(workdir, "attention.png")
+    if model.kind == "seq2seq" and config.attention != "none" and (workdir or config.plot):
+        path = config.plot or os.path.join(workdir, "attention.png")
         plot_attention(path, decoded_attention[:4])
         print(f"attention heat map: {path}")
+        results["plot"] = path
+    return results
+
+
+def main(argv):
+    cli.call(run, cli.from_flags(Config, argv))
 
 
 if __name__ == "__main__":
-    set_defaults()
+    cli.define_flags(Config)
     app.run(main)
