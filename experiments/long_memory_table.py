@@ -41,6 +41,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import app
 
@@ -98,6 +99,8 @@ class Config:
                                                check=cli.at_least(10))
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
+    plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
+                                 "--results into this PNG (no training).")
 
     def check(self) -> None:
         if self.hf_curvature_batch > self.hf_gradient_batch:
@@ -264,6 +267,34 @@ def read_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def plot_success(rows: list[dict], path: str) -> None:
+    """Fraction of rows solved against T, one line per method (all problems pooled)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        lengths = sorted({int(r["T"]) for r in mine})
+        if not lengths:
+            continue
+        solved = [np.mean([r["solved"] for r in mine if int(r["T"]) == T]) for T in lengths]
+        counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
+        ax.plot(lengths, solved, "o-", label=method)
+        for T, y, n in zip(lengths, solved, counts):
+            ax.annotate(str(n), (T, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("T (nominal sequence length)")
+    ax.set_ylabel("fraction of rows solved")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Long-term-dependency problems (numbers: rows run)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run(config: Config, workdir: str | None = None, report=None) -> dict:
     """Fill the table: every (problem, T, method, seed) row not yet in ``config.results``.
 
@@ -271,6 +302,12 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     each row. ``workdir`` also receives ``results.json`` (the rows run now).
     """
     cli.validate(config)
+    if config.plot:
+        rows = read_rows(config.results)
+        if not rows:
+            raise cli.ConfigError("results", config.results, "--plot needs a results file with rows")
+        plot_success(rows, config.plot)
+        return {"rows": [], "skipped": len(rows), "plot": config.plot}
     for problem in config.problems:
         shortest = synthetic.get(problem).min_seq_len
         if min(config.lengths) < shortest:

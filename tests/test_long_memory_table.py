@@ -36,6 +36,9 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     # Another tag is another row.
     table.run(tiny(path, tag="other"), None)
     assert [json.loads(x)["tag"] for x in path.read_text().splitlines()] == ["", "other"]
+    # The plot reads the rows and trains nothing.
+    out = table.run(dataclasses.replace(tiny(path), plot=str(tmp_path / "img" / "s.png")), None)
+    assert out["skipped"] == 2 and (tmp_path / "img" / "s.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("field,value,message", [
