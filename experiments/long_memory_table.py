@@ -46,7 +46,7 @@ import optax
 from absl import app
 
 from experiments import cli
-from rnnjax import cells, initializers, recurrence, regularizers, train
+from rnnjax import cells, checkpoint, initializers, recurrence, regularizers, train
 from rnnjax.data import synthetic
 from rnnjax.models import hf as hf_adapter
 from rnnjax.optim import hessian_free
@@ -335,9 +335,7 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
                         report(row)
     results = {"rows": new, "skipped": skipped}
     if workdir:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        checkpoint.save_json(workdir, "results", results)
     return results
 
 
