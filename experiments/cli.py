@@ -293,13 +293,17 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS) -> Non
     hints = _types(config_cls)
     for f in dataclasses.fields(config_cls):
         meta = _metadata(config_cls)[f.name]
-        base, _ = _split_optional(hints[f.name])
+        base, optional = _split_optional(hints[f.name])
         help_text = meta.get("help") or f.name
         kw = dict(flag_values=flag_values)
         if meta.get("choices") is not None:
             flags.DEFINE_enum(f.name, f.default, list(meta["choices"]), help_text, **kw)
         elif base is bool:
             flags.DEFINE_bool(f.name, f.default, help_text, **kw)
+        elif base in (int, float) and optional:  # "--clip_norm=none" gives None back
+            parser = _OptionalParser(flags.IntegerParser() if base is int else flags.FloatParser())
+            flags.DEFINE(parser, f.name, f.default, help_text + " ('none': unset)",
+                         serializer=flags.ArgumentSerializer(), **kw)
         elif base is int:
             flags.DEFINE_integer(f.name, f.default, help_text, **kw)
         elif base is float:
@@ -310,6 +314,21 @@ def define_flags(config_cls: type, flag_values: flags.FlagValues = FLAGS) -> Non
             flags.DEFINE_list(f.name, [str(v) for v in f.default], help_text, **kw)
         else:
             flags.DEFINE_string(f.name, f.default, help_text, **kw)
+
+
+class _OptionalParser(flags.ArgumentParser):
+    """A number flag that also takes ``none`` (the unset value of an optional setting)."""
+
+    def __init__(self, base: flags.ArgumentParser):
+        self.base = base
+
+    def parse(self, argument: Any) -> Any:
+        if argument is None or (isinstance(argument, str) and argument.strip().lower() == "none"):
+            return None
+        return self.base.parse(argument)
+
+    def flag_type(self) -> str:
+        return self.base.flag_type()
 
 
 def _flag_message(err: ConfigError, names: Iterable[str]) -> str:

@@ -115,3 +115,10 @@ def test_multi_process_flags_are_checked_before_any_work():
                           (["--num_processes=0"], "--num_processes=0 is invalid")]:
         with pytest.raises(app.UsageError, match=message):
             _parse(*argv)
+
+
+def test_optional_numbers_take_none_on_the_command_line():
+    assert _parse("--clip_norm=none").clip_norm is None
+    assert _parse("--clip_norm=2").clip_norm == 2.0
+    with pytest.raises(flags.IllegalFlagValueError):
+        _parse("--clip_norm=abc")
