@@ -346,6 +346,8 @@ def from_flags(config_cls: type, argv: list[str] | None = None,
     ``--compilation_cache``). Call first thing in ``main``."""
     if argv is not None and len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if "num_processes" in flag_values:  # before anything (a check counting devices) starts JAX
+        join_processes(flag_values)
     hints = _types(config_cls)
     values = {}
     for f in dataclasses.fields(config_cls):
@@ -369,7 +371,6 @@ def from_flags(config_cls: type, argv: list[str] | None = None,
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     apply_compilation_cache(flag_values["compilation_cache"].value)
-    join_processes(flag_values)
     return config
 
 
@@ -470,8 +471,10 @@ def workdir_session(workdir: str | None, config: Any):
     """Prepare ``workdir`` for a run of ``config``, before any work: create it, prove it
     writable, take its lock (a second run on it stops with an error naming the holder),
     refuse a rerun whose saved ``config.json`` differs in a setting that shapes the run
-    (listing each one, saved vs given; nothing is written), then save the config."""
-    if not workdir:
+    (listing each one, saved vs given; nothing is written), then save the config. In a
+    multi-process run only process 0 does this (the others write only their checkpoint
+    shards)."""
+    if not workdir or jax.process_index() != 0:  # in a multi-process run process 0 holds it
         yield
         return
     check_workdir(workdir)
