@@ -26,24 +26,30 @@ Shapes: ``D`` input size, ``H`` hidden size, ``B`` batch, ``P`` projected size.
 
 The learned initial state (the lecture's "separate biases for the first time
 step") is a parameter ``h0`` (and ``c0`` for the LSTM) broadcast over the batch,
-enabled with ``learn_initial_state=True``; otherwise the initial state is zero.
+enabled with ``learn_initial_state=True``; otherwise the initial state is zero,
+in the params' dtype.
+
+The :class:`Cell` type, ``LSTMCarry`` and the activations live in
+:mod:`rnnjax.cell_base` and are imported from here. ``steep(cell, beta)`` makes a
+vanilla cell's units steeper (``act(beta z)``) on the same params.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import jax
 import jax.numpy as jnp
 
+from rnnjax import fused as fused_lib
 from rnnjax import initializers as inits
-
-Params = dict[str, jax.Array]
-Carry = Any  # an array [B, H] or a pytree of them (LSTMCarry)
+from rnnjax.cell_base import (ACTIVATION_ALIASES, ACTIVATIONS, Carry, Cell, LSTMCarry, Params,
+                              activation as _activation, heaviside, is_step_equivalent,
+                              mark_step_equivalent)
 
 __all__ = [
     "Cell",
     "LSTMCarry",
+    "Params",
+    "Carry",
     "ACTIVATIONS",
     "CELL_NAMES",
     "vanilla",
@@ -54,81 +60,6 @@ __all__ = [
     "heaviside",
     "steep",
 ]
-
-
-class Cell(NamedTuple):
-    """A recurrent cell: pure functions over a params pytree.
-
-    Attributes:
-      name: a short description, e.g. ``"vanilla[tanh]"``.
-      hidden_size: H, the size of the output ``h_t``.
-      init: ``init(key, input_size) -> params``.
-      initial_carry: ``initial_carry(params, batch_size) -> carry``; the learned
-        initial state if the cell has one, else zeros.
-      project: ``project(params, xs[..., D]) -> xp[..., P]``, the input projection.
-      recurrent_step: ``recurrent_step(params, carry, xp_t[B, P]) -> (carry, h_t[B, H])``.
-      output: ``output(carry) -> h[B, H]``, the hidden state held in a carry.
-      unroll: optional override used by ``recurrence.unroll`` (stacks run layer by
-        layer, fused cells run their own scan); ``None`` for the generic scan.
-    """
-
-    name: str
-    hidden_size: int
-    init: Callable[[jax.Array, int], Params]
-    initial_carry: Callable[[Params, int], Carry]
-    project: Callable[[Params, jax.Array], jax.Array]
-    recurrent_step: Callable[[Params, Carry, jax.Array], tuple[Carry, jax.Array]]
-    output: Callable[[Carry], jax.Array]
-    unroll: Callable[..., tuple[Carry, jax.Array]] | None = None
-
-    def step(self, params: Params, carry: Carry, x_t: jax.Array) -> tuple[Carry, jax.Array]:
-        """One time step from the raw input ``x_t`` [B, D]: ``(carry, h_t [B, H])``."""
-        return self.recurrent_step(params, carry, self.project(params, x_t))
-
-
-class LSTMCarry(NamedTuple):
-    """The LSTM's state: memory cell ``c`` [B, H] and output ``h`` [B, H]."""
-
-    c: jax.Array
-    h: jax.Array
-
-
-@jax.custom_jvp
-def heaviside(z: jax.Array) -> jax.Array:
-    """Binary threshold unit: 1 where z > 0, else 0.
-
-    Its derivative is zero almost everywhere (and undefined at 0), so no gradient
-    flows through it: threshold cells are for hand-set networks, not for training
-    by backprop. The custom JVP makes that explicit rather than producing NaNs.
-    """
-    return (z > 0).astype(z.dtype)
-
-
-@heaviside.defjvp
-def _heaviside_jvp(primals, tangents):
-    (z,), _ = primals, tangents
-    out = heaviside(z)
-    return out, jnp.zeros_like(out)
-
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jnp.tanh,
-    "relu": jax.nn.relu,
-    "identity": lambda z: z,
-    "logistic": jax.nn.sigmoid,
-    "threshold": heaviside,
-}
-_ACTIVATION_ALIASES = {"linear": "identity", "sigmoid": "logistic", "heaviside": "threshold"}
-
-
-def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    name = _ACTIVATION_ALIASES.get(name, name)
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; accepted: {sorted(ACTIVATIONS)} "
-            f"(aliases {sorted(_ACTIVATION_ALIASES)})")
-    return ACTIVATIONS[name]
-
 
 def _check_size(name: str, value: int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
@@ -169,7 +100,9 @@ def _recurrent_initializer(recurrent_init, spectral_radius: float | None, scale:
 def _zero_state(params: Params, key: str, batch_size: int, hidden: int) -> jax.Array:
     if key in params:
         return jnp.broadcast_to(params[key], (batch_size, hidden))
-    return jnp.zeros((batch_size, hidden), jnp.float32)
+    # The params' dtype (float64 params under jax_enable_x64 give a float64 state):
+    # a carry of another dtype than the step's output would fail lax.scan's check.
+    return jnp.zeros((batch_size, hidden), jnp.result_type(*params.values()))
 
 
 def _dot(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
@@ -179,21 +112,19 @@ def _dot(a: jax.Array, w: jax.Array, dtype) -> jax.Array:
     return jnp.matmul(a.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
 
 
-def _maybe_fused(cell: Cell, fused: bool | str, kind: str, dtype,
+def _maybe_fused(cell: Cell, fused: bool, kind: str, dtype,
                  activation: str | None = None) -> Cell:
-    """Use rnnjax.fused's hand-written derivatives when asked and available.
-
-    ``fused=True`` (or ``"jvp"``): custom JVP, all autodiff works; ``"vjp"``: custom
-    VJP, reverse mode only, a little faster; ``False``: the plain ``lax.scan``.
-    Available for float32 compute (``dtype=None``) and, for vanilla cells, the
-    activations in ``fused.VANILLA_ACTIVATIONS``; otherwise the generic scan.
-    """
-    if fused is False or dtype is not None:
+    """Use rnnjax.fused's hand-written derivatives when asked and available: for
+    float32/float64 compute (``dtype=None``) and, for vanilla cells, the activations
+    in ``fused.VANILLA_ACTIVATIONS``; otherwise the generic scan."""
+    if not isinstance(fused, bool):
+        raise ValueError(f"{cell.name}: fused must be True (hand-written BPTT) or False (the "
+                         f"generic lax.scan), got {fused!r}")
+    if not fused or dtype is not None:
         return cell
-    from rnnjax import fused as fused_lib  # late import: rnnjax.fused builds on this module
     if kind == "vanilla" and activation not in fused_lib.VANILLA_ACTIVATIONS:
         return cell
-    return fused_lib.attach(cell, kind, activation, "jvp" if fused is True else fused)
+    return fused_lib.attach(cell, kind, activation)
 
 
 # ----------------------------------------------------------------------------
@@ -210,7 +141,7 @@ def vanilla(
     spectral_radius: float | None = None,
     use_bias: bool = True,
     dtype=None,
-    fused: bool | str = True,
+    fused: bool = True,
 ) -> Cell:
     """The vanilla RNN cell ``h_t = act(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
@@ -225,9 +156,8 @@ def vanilla(
       spectral_radius: if set, W_hh is rescaled to this spectral radius.
       dtype: compute dtype of the matmuls (e.g. ``jnp.bfloat16``); params and
         accumulation stay float32.
-      fused: unroll with the hand-written derivatives of ``rnnjax.fused`` (faster;
-        ``True``/``"jvp"`` supports all autodiff, ``"vjp"`` reverse mode only);
-        ``False``: the plain ``lax.scan``.
+      fused: unroll with the hand-written derivatives of ``rnnjax.fused`` (faster on
+        CPU; every kind of autodiff works); ``False``: the plain ``lax.scan``.
 
     Params: ``W_xh`` [D, H], ``W_hh`` [H, H], ``b_h`` [H], and ``h0`` [H] if learned.
     """
@@ -235,7 +165,7 @@ def vanilla(
     act = _activation(activation)
     w_h_init = _recurrent_initializer(recurrent_init, spectral_radius)
     w_x_init = inits.by_name(input_init)
-    name = f"vanilla[{_ACTIVATION_ALIASES.get(activation, activation)}]"
+    name = f"vanilla[{ACTIVATION_ALIASES.get(activation, activation)}]"
 
     def init(key: jax.Array, input_size: int) -> Params:
         _check_size("input_size", input_size)
@@ -263,7 +193,7 @@ def vanilla(
         return h, h
 
     cell = Cell(name, hidden_size, init, initial_carry, project, recurrent_step, lambda h: h)
-    return _maybe_fused(cell, fused, "vanilla", dtype, _ACTIVATION_ALIASES.get(activation, activation))
+    return _maybe_fused(cell, fused, "vanilla", dtype, ACTIVATION_ALIASES.get(activation, activation))
 
 
 # ----------------------------------------------------------------------------
@@ -279,7 +209,7 @@ def lstm(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
-    fused: bool | str = True,
+    fused: bool = True,
 ) -> Cell:
     """LSTM cell; carry ``LSTMCarry(c, h)``.
 
@@ -340,7 +270,7 @@ def gru(
     input_init: str | inits.Initializer = "glorot",
     spectral_radius: float | None = None,
     dtype=None,
-    fused: bool | str = True,
+    fused: bool = True,
 ) -> Cell:
     """GRU cell.
 
@@ -486,8 +416,8 @@ def steep(cell: Cell, beta: float) -> Cell:
         # The cell's own (fused) unroll, on the scaled weights.
         return base_unroll(scaled(p), xs, **kw)
 
-    if getattr(base_unroll, "steps", None) is not None:
-        unroll.steps = (project, recurrent_step)   # still the generic scan's computation
+    if is_step_equivalent(base_unroll):   # still the generic scan's computation, faster
+        mark_step_equivalent(unroll, project, recurrent_step)
     return new._replace(unroll=unroll)
 
 

@@ -18,7 +18,9 @@ Variable lengths: with ``lengths`` [B], step t of sequence b is real when
 ``t < lengths[b]``. On padded steps the carry is frozen and the output is zero,
 so the final carry is the state after the last real step, and padding cannot
 change any result (also with ``reverse=True``, where padding comes first and the
-reverse pass starts cleanly at each sequence's last real step).
+reverse pass starts cleanly at each sequence's last real step). Padded inputs are
+replaced by zeros before any work (a select, not a product), so even NaN or Inf
+there reaches no output and no gradient.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnnjax.cells import Carry, Cell, Params
+from rnnjax.cell_base import Carry, Cell, Params, has_valid_override, is_step_equivalent
 
 __all__ = ["unroll", "stack", "bidirectional", "sequence_mask"]
 
@@ -92,24 +94,21 @@ def unroll(
     _check_inputs(xs, lengths, time_major, cell.name)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
+    if lengths is not None:
+        # Zeros, selected (not multiplied: 0 * inf is nan), so that whatever the padding
+        # holds, no step on it can produce a non-finite value, nor its gradient.
+        real = sequence_mask(lengths, xs.shape[0])[..., None]
+        xs = jnp.where(real, xs, jnp.zeros((), xs.dtype))
     if carry is None:
         carry = cell.initial_carry(params, xs.shape[1])
-    if _has_valid_override(cell):
+    # A step-equivalent override (a fused cell) cannot rematerialise; the generic scan
+    # of the same steps can. Other overrides (a stack's) pass remat on.
+    if has_valid_override(cell) and not (remat and is_step_equivalent(cell.unroll)):
         final, hs = cell.unroll(params, xs, carry=carry, lengths=lengths, reverse=reverse,
                                 unroll=unroll, remat=remat)
     else:
         final, hs = _scan(cell, params, xs, carry, lengths, reverse, unroll, remat)
     return final, (hs if time_major else jnp.swapaxes(hs, 0, 1))
-
-
-def _has_valid_override(cell: Cell) -> bool:
-    """Whether to use ``cell.unroll``. An override that records the step functions it
-    computes (``override.steps``) is stale once a wrapper replaced them, e.g. with
-    ``cell._replace(recurrent_step=...)``; the generic scan then runs the new ones."""
-    if cell.unroll is None:
-        return False
-    steps = getattr(cell.unroll, "steps", None)
-    return steps is None or (steps[0] is cell.project and steps[1] is cell.recurrent_step)
 
 
 # The keyword argument ``unroll`` shadows the function inside stack/bidirectional.

@@ -133,19 +133,10 @@ def test_remat_vmap_jit_stack_and_bidirectional_agree():
     chex.assert_trees_all_close(bi(fused), bi(plain), **TOL)
 
 
-def test_vjp_mode_matches_and_refuses_forward_mode_clearly():
-    for name, make in [("lstm", lambda f: cells.lstm(H, fused=f)),
-                       ("tanh", lambda f: cells.vanilla(H, fused=f, learn_initial_state=True))]:
-        _, plain, params, xs = _setup(name, seed=8)
-        fast = make("vjp")
-        kw = dict(lengths=LENGTHS, reverse=True)
-        chex.assert_trees_all_close(jax.grad(_loss, argnums=(1, 2))(fast, params, xs, **kw),
-                                    jax.grad(_loss, argnums=(1, 2))(plain, params, xs, **kw),
-                                    **TOL)
-        with pytest.raises(TypeError, match="forward-mode"):
-            jax.jvp(lambda x: recurrence.unroll(fast, params, x)[1], (xs,), (xs,))
-    with pytest.raises(ValueError, match="accepted: jvp, vjp"):
-        cells.gru(H, fused="fast")
+@pytest.mark.parametrize("bad", ["vjp", "jvp", 1, None])
+def test_fused_must_be_a_bool(bad):
+    with pytest.raises(ValueError, match="fused must be True .* or False"):
+        cells.gru(H, fused=bad)
 
 
 def test_which_cells_are_fused_by_default():

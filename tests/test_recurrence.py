@@ -184,3 +184,64 @@ def test_wrapping_a_cells_step_is_honoured_by_unroll(make_cell):
     _, hs = recurrence.unroll(wrapped, params, xs)
     _, ref = python_loop(wrapped, params, xs)
     np.testing.assert_allclose(hs, ref, rtol=1e-5, atol=1e-6)
+
+
+# Every cell's code path: the fused and generic vanilla (relu, identity and irnn share
+# them with tanh and logistic), LSTM and GRU; the MRNN, threshold units and a stack.
+NUMERIC_CELLS = [("tanh", True), ("tanh", False), ("logistic", True), ("threshold", False),
+                 ("lstm", True), ("lstm", False), ("gru", True), ("gru", False),
+                 ("mrnn", None), ("stack", None)]
+
+
+def _numeric_cell(name, fused):
+    if name == "stack":
+        return recurrence.stack([cells.lstm(H), cells.vanilla(H, fused=False)])
+    kw = {} if fused is None else {"fused": fused}
+    return cells.by_name(name, H, **kw)
+
+
+@pytest.mark.parametrize("name, fused", NUMERIC_CELLS,
+                         ids=[f"{n}-{'fused' if f else 'scan'}" for n, f in NUMERIC_CELLS])
+def test_nan_and_inf_in_the_padding_reach_no_gradient(name, fused):
+    """Padding may hold anything (NaN, Inf): outputs, parameter gradients and input
+    gradients are finite and the same as with zero padding, forward and reverse."""
+    cell = _numeric_cell(name, fused)
+    params = cell.init(jax.random.PRNGKey(0), D)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (5, 3, D))
+    lengths = jnp.array([5, 2, 0])
+    mask = recurrence.sequence_mask(lengths, 5)[..., None]
+    junk = jnp.where(jnp.arange(D) % 2 == 0, jnp.nan, jnp.inf)     # NaN and Inf features
+
+    @jax.jit
+    def value_and_grads(p, x):
+        def loss(p, x):
+            total = 0.0
+            for reverse in (False, True):
+                final, hs = recurrence.unroll(cell, p, x, lengths=lengths, reverse=reverse)
+                total += jnp.sum(jnp.sin(hs)) + sum(
+                    jnp.sum(jnp.cos(leaf)) for leaf in jax.tree_util.tree_leaves(final))
+            return total
+        return jax.value_and_grad(loss, argnums=(0, 1))(p, x)
+
+    clean = value_and_grads(params, jnp.where(mask, xs, 0.0))
+    dirty = value_and_grads(params, jnp.where(mask, xs, junk))
+    for leaf in jax.tree_util.tree_leaves(dirty):
+        assert np.all(np.isfinite(leaf))
+    chex.assert_trees_all_close(dirty, clean, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, fused", NUMERIC_CELLS,
+                         ids=[f"{n}-{'fused' if f else 'scan'}" for n, f in NUMERIC_CELLS])
+def test_float64_params_get_a_float64_carry(name, fused):
+    """With float64 enabled and float64 params, the default carry, the outputs and the
+    gradients are float64 (a float32 carry would fail lax.scan's dtype check)."""
+    with jax.enable_x64(True):
+        cell = _numeric_cell(name, fused)
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64),
+                                        cell.init(jax.random.PRNGKey(0), D))
+        xs = jax.random.normal(jax.random.PRNGKey(1), (4, 2, D), jnp.float64)
+        carry = cell.initial_carry(params, 2)
+        chex.assert_type(jax.tree_util.tree_leaves(carry), jnp.float64)
+        loss = lambda p: jnp.sum(recurrence.unroll(cell, p, xs, lengths=jnp.array([4, 1]))[1])
+        value, grads = jax.value_and_grad(loss)(params)
+        chex.assert_type([value] + jax.tree_util.tree_leaves(grads), jnp.float64)
