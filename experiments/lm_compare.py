@@ -28,12 +28,12 @@ import os
 from typing import Any
 
 import jax
-from absl import app, flags
+from absl import app
 
 from experiments import cli
 from experiments.lm import train as lm_train
-from experiments.lm.config import LMConfig
-from rnnjax import allocator, cells, checkpoint
+from experiments.lm.config import CharConfig, LMConfig
+from rnnjax import cells, checkpoint
 from rnnjax.models import lm
 
 
@@ -55,7 +55,7 @@ def _cell(name: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(LMConfig):
+class Config(CharConfig):
     """char_lm's settings, a list of cells and the size and time each model gets."""
 
     RESUMABLE = LMConfig.RESUMABLE | {"minutes_each"}
@@ -69,18 +69,8 @@ class Config(LMConfig):
         ("mrnn=3e-3",), "Per-cell learning rates as cell=rate, overriding --learning_rate for "
         "that cell (the MRNN diverges transiently at Adam 1e-2).", check=_cell_rate)
 
-    # char_lm's defaults; no periodic evaluation, shorter samples.
-    cell: str = "lstm"
-    hidden: int = 256
-    batch_size: int = 64
-    learning_rate: float = 1e-2
-    clip_norm: float | None = 1.0
-    steps: int = 20_000
-    max_minutes: float | None = 4.0
-    log_every: int = 20
-    checkpoint_every: int = 200
+    # char_lm's defaults, but no periodic evaluation and shorter samples.
     eval_every: int = 0
-    eval_tokens: int = 30_000
     sample_length: int = 300
 
     def check(self) -> None:
@@ -184,9 +174,7 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
 
 
 def main(argv):
-    config = cli.from_flags(Config, argv)
-    allocator.ensure(flags.FLAGS.allocator)  # re-executes once, before the heavy allocations
-    cli.call(run, config)
+    lm_train.main(Config, argv, run)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags
+from absl import app
 
-from experiments import cli
 from experiments.lm import train as lm_train
 from experiments.lm.config import LMConfig
-from rnnjax import allocator
 
 EPOCH = 2323  # steps of 20 x 20 words in the PTB training split (929,589 words)
 
@@ -57,15 +55,11 @@ class Config(LMConfig):
     sample_length: int = 60
 
 
-def run(config: Config, workdir: str | None, report: lm_train.Report | None = None) -> dict:
-    """Train and evaluate (or sample, with ``sample_only``); see :mod:`experiments.lm.train`."""
-    return lm_train.run(config, workdir, report)
+run = lm_train.run  # run(config, workdir, report=None) -> results; see experiments.lm.train
 
 
 def main(argv):
-    config = cli.from_flags(Config, argv)
-    allocator.ensure(flags.FLAGS.allocator)  # re-executes once, before the heavy allocations
-    cli.call(run, config)
+    lm_train.main(Config, argv)
 
 
 if __name__ == "__main__":

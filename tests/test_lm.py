@@ -322,10 +322,10 @@ def test_hessian_free_trains_the_mrnn_on_a_tiny_repeating_text():
 @pytest.mark.parametrize("cell", ["tanh", "lstm", "gru"])
 def test_one_hot_lookup_keeps_the_fused_unroll(cell):
     """Token ids look up rows of the input projection; the fused BPTT still runs."""
-    from rnnjax import recurrence
+    from rnnjax import cell_base
     model = lm.LanguageModel(7, cell=cell, hidden=8)
     first = lm.one_hot_cell(lm.make_cells(model)[0], 7)
-    assert first.unroll is not None and recurrence._has_valid_override(first)
+    assert first.unroll is not None and cell_base.has_valid_override(first)
     plain = lm.LanguageModel(7, cell=cell, hidden=8, fused=False)
     params = lm.init(model, jax.random.PRNGKey(0))
     ids = jax.random.randint(jax.random.PRNGKey(1), (5, 3), 0, 7)

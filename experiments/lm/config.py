@@ -116,6 +116,25 @@ class LMConfig(hf_config.HessianFreeConfig, cli.TrainConfig):
         super().check()
 
 
+@dataclasses.dataclass(frozen=True)
+class CharConfig(LMConfig):
+    """``experiments.char_lm``'s defaults (also ``lm_compare``'s). Chosen for speed on a
+    2-core CPU: per-op overhead dominates there, so a moderate hidden size with a large
+    batch keeps the cores busy."""
+
+    cell: str = "lstm"
+    hidden: int = 256
+    batch_size: int = 64
+    learning_rate: float = 1e-2
+    clip_norm: float | None = 1.0
+    steps: int = 20_000
+    max_minutes: float | None = 4.0
+    log_every: int = 20
+    checkpoint_every: int = 200
+    eval_every: int = 100
+    eval_tokens: int = 30_000
+
+
 def model_of(config: LMConfig, vocab_size: int) -> lm.LanguageModel:
     """The language model that ``config`` describes, for ``vocab_size`` tokens."""
     return lm.LanguageModel(vocab_size=vocab_size,

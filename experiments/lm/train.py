@@ -63,6 +63,15 @@ def define_flags(config_cls: type) -> None:
                       "started.")
 
 
+def main(config_cls: type, argv: list[str], run_fn: Callable[..., Any] | None = None) -> None:
+    """The entry point of an LM experiment: flags -> checked Config; ``--allocator``
+    (re-executes the process once, before the heavy allocations); ``run_fn(config,
+    --workdir)`` (default :func:`run`) with one-line errors."""
+    config = cli.from_flags(config_cls, argv)
+    allocator.ensure(flags.FLAGS.allocator)
+    cli.call(run_fn or run, config)
+
+
 # ----------------------------------------------------------------------------- data
 
 @dataclasses.dataclass
