@@ -46,9 +46,10 @@ import optax
 from absl import app
 
 from experiments import cli
-from rnnjax import cells, checkpoint, initializers, recurrence, regularizers, train
+from rnnjax import cells, checkpoint, initializers, regularizers, train
 from rnnjax.data import synthetic
 from rnnjax.models import hf as hf_adapter
+from rnnjax.models import tagger
 from rnnjax.optim import hessian_free
 
 METHODS = ("hf_sd", "hf", "sgd_cr", "adam_clip", "lstm_adam")
@@ -125,7 +126,7 @@ def machine() -> str:
 # ----------------------------------------------------------------------------- models
 
 def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
-    """Params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
+    """The tagger, its params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
     if method in ("hf", "hf_sd"):
         protocol = hessian_free.martens2011()
         cell = cells.vanilla(config.hidden, protocol.activation,
@@ -142,20 +143,16 @@ def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
         cell = cells.lstm(config.hidden)
     # A small readout (Pascanu's N(0, 0.01²)) for every method: the sparse N(0, 1)
     # readout starts HF at a squared error of ~5 and wastes its first updates.
-    out_init = initializers.normal(0.01)
-    k_cell, k_out = jax.random.split(key)
-    params = {"cell": cell.init(k_cell, task.input_size),
-              "W_o": out_init(k_out, (cell.hidden_size, task.output_size), jnp.float32),
-              "b_o": jnp.zeros((task.output_size,), jnp.float32)}
+    model = tagger.make(cell, task.input_size, task.output_size, readout_scale=0.01)
 
     def net(p, batch):
-        _, hs = recurrence.unroll(cell, p["cell"], batch.inputs)
-        return hs @ p["W_o"] + p["b_o"], hs
+        return model.outputs_and_hiddens(p, batch.inputs)
 
-    return params, net
+    return model, model.init(key), net
 
 
-def _first_order(method: str, task: synthetic.Task, net, params, config: Config, seed: int):
+def _first_order(method: str, task: synthetic.Task, model: tagger.Tagger, net, params,
+                 config: Config, seed: int):
     rate = 0.01 if method == "sgd_cr" else 1e-3
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.sgd(rate) if method == "sgd_cr" else optax.adam(rate))
@@ -165,7 +162,7 @@ def _first_order(method: str, task: synthetic.Task, net, params, config: Config,
         outputs, hs = net(p, batch)
         if method != "sgd_cr" or config.omega == 0:
             return task.loss(outputs, batch)
-        readout = lambda h: task.loss(h @ p["W_o"] + p["b_o"], batch)
+        readout = lambda h: task.loss(model.readout(p, h), batch)
         loss, om = regularizers.loss_and_omega(readout, p["cell"]["W_hh"], hs, squared=True)
         return loss + config.omega * om
 
@@ -179,7 +176,7 @@ def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dic
     """Train one row until solved or out of budget; the row as a dict."""
     task = synthetic.get(problem)
     key = jax.random.key(seed)
-    params, net = build(method, task, config, jax.random.fold_in(key, 0))
+    model, params, net = build(method, task, config, jax.random.fold_in(key, 0))
     data_key, eval_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     is_hf = method in ("hf", "hf_sd")
     if is_hf:
@@ -197,7 +194,7 @@ def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dic
                     task.generate(jax.random.fold_in(k, 2), protocol.eval_batch, T))
         eval_every = max(1, config.eval_every // 20)
     else:
-        state, step_fn = _first_order(method, task, net, params, config, seed)
+        state, step_fn = _first_order(method, task, model, net, params, config, seed)
 
         def batch_fn(step):
             return task.generate(jax.random.fold_in(data_key, step), config.first_order_batch, T)

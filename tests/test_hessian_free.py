@@ -235,7 +235,7 @@ def test_martens2011_protocol_solves_addition_at_T10_in_a_few_updates():
     """The paper's protocol (smaller batches: 2,000 / 500 / 500, 100 CG steps) on T = 10."""
     from rnnjax import initializers
     from rnnjax.data import synthetic
-    from rnnjax.models import hf as adapter
+    from rnnjax.models import hf as adapter, tagger
 
     protocol = hf.martens2011(gradient_batch=2000, curvature_batch=500, eval_batch=500,
                               max_cg_iters=100)
@@ -244,13 +244,11 @@ def test_martens2011_protocol_solves_addition_at_T10_in_a_few_updates():
     task = synthetic.get("addition")
     cell = cells.vanilla(protocol.hidden, "tanh", input_init=initializers.sparse(15),
                          recurrent_init=initializers.sparse(15, radius=protocol.spectral_radius))
-    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
-    params = {"rnn": cell.init(k1, 2), "W_o": 0.01 * jax.random.normal(k2, (protocol.hidden, 1)),
-              "b_o": jnp.zeros((1,))}
+    model = tagger.make(cell, task.input_size, task.output_size, readout_scale=0.01)
+    params = model.init(jax.random.PRNGKey(0))
 
     def net(p, batch):
-        _, hs = recurrence.unroll(cell, p["rnn"], batch.inputs)
-        return hs @ p["W_o"] + p["b_o"], hs
+        return model.outputs_and_hiddens(p, batch.inputs)
 
     state, step = adapter.state_and_step(net, task.kind, params, protocol)
     step = jax.jit(step)
