@@ -4,7 +4,9 @@ Trains one network on one problem of :mod:`rnnjax.data.synthetic` until it is
 solved (under 1% of 10,000 fresh sequences wrong, Pascanu et al. 2013), or until
 ``--steps`` updates or ``--max_minutes`` of training time, and prints (and with
 ``--results`` appends as a JSON line) the outcome: solved or not, error rate,
-updates, gradient evaluations, Gauss–Newton products, training wall time.
+updates, gradient evaluations, Gauss–Newton products, training wall time. With
+``--workdir`` it writes ``metrics.jsonl``, checkpoints (``--checkpoint_every``) and
+``results.json`` there, and a rerun with the same settings resumes.
 
     python -m experiments.hf_long_memory --task=addition --seq_len=20 --cell=tanh \
         --hidden=50 --optimizer=hf --batch_size=1000 --curvature_batch_size=200 --cg_iters=100
@@ -14,127 +16,204 @@ updates, gradient evaluations, Gauss–Newton products, training wall time.
         --optimizer=sgd --learning_rate=0.01 --clip_norm=1
 
 The model is the cell unrolled over the inputs with a linear readout at every
-step (outputs [T, B, O]); the task's mask scores only the steps that matter.
-With ``--optimizer=hf`` the readout is the network output of the Gauss–Newton
-split (squared error for regression tasks, softmax cross-entropy otherwise) and
-the hidden states [T, B, H] are what structural damping (``--hf_mu``) penalises.
-Training time excludes the periodic evaluations (``--eval_every`` updates, on
+step (:mod:`rnnjax.models.tagger`; outputs [T, B, O]); the task's mask scores
+only the steps that matter. With ``--optimizer=hf`` the readout is the network
+output of the Gauss–Newton split (squared error for regression tasks, softmax
+cross-entropy otherwise; :mod:`rnnjax.models.hf`) and the hidden states
+[T, B, H] are what structural damping (``--hf_mu``) penalises. Training time
+excludes the periodic evaluations (``--eval_every`` updates, on
 ``--eval_sequences`` fresh sequences; the full 10,000-sequence test runs only
-when that check passes).
+when that check passes). ``experiments.long_memory`` trains the same model with
+the gradient diagnosis, the remedies and the paper's HF protocol.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app
 
-from experiments import flags as common
-from experiments import hf_flags, long_memory
-from rnnjax import cells, optimizers, train
+from experiments import cli, hf_config
+from rnnjax import cells, checkpoint, train
 from rnnjax.data import synthetic
-
-FLAGS = flags.FLAGS
-
-# --task, --seq_len, --eval_every, --eval_sequences, --max_minutes and --results are
-# experiments.long_memory's (imported above): the same problems, the same flags.
-common.define("string", "save_params", None, "Save the trained params (.npz) here.")
+from rnnjax.models import hf, tagger
+from rnnjax.optim import factory
 
 
-def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):
-    """Params and ``net(params, batch) -> (outputs [T, B, O], hiddens [T, B, H])``: the
-    model of ``experiments.long_memory`` (same init), reading ``batch.inputs``."""
-    params, net_on_inputs, _ = long_memory.build_model(cell, task, key)
-    return params, lambda p, batch: net_on_inputs(p, batch.inputs)
+@dataclasses.dataclass(frozen=True)
+class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
+    """The settings of ``python -m experiments.hf_long_memory`` (its flags)."""
+
+    task: str = cli.field("addition", "The problem.", choices=synthetic.LONG_MEMORY_TASKS)
+    seq_len: int = cli.field(20, "Sequence length T.", check=cli.positive)
+    eval_every: int = cli.field(50, "Check the error rate every N updates.", check=cli.positive)
+    eval_sequences: int = cli.field(1000, "Fresh sequences in the periodic check.",
+                                    check=cli.positive)
+    max_minutes: float = cli.field(5.0, "Stop after this much training wall time (minutes; inf: "
+                                   "no cap).", check=cli.positive, allow_inf=True)
+    results: str | None = cli.field(None, "Append the outcome as one JSON line to this file.")
+    save_params: str | None = cli.field(None, "Save the trained params (.npz) here.")
+
+    RESUMABLE = frozenset({"max_minutes", "results", "save_params", "eval_sequences"})
+
+    def check(self) -> None:
+        task = synthetic.get(self.task)
+        if self.seq_len < task.min_seq_len:
+            raise cli.ConfigError("seq_len", self.seq_len, f"task {task.name} needs an integer "
+                                  f">= {task.min_seq_len}")
+        super().check()
 
 
-def main(argv):
-    del argv
-    cfg = common.validate(optimizers_allowed=optimizers.OPTIMIZERS + ("hf",))
-    cfg.update(hf_flags.validate())
-    common.check_choice("task", FLAGS.task, synthetic.LONG_MEMORY_TASKS)
-    common.check_positive_int("eval_every", FLAGS.eval_every)
-    common.check_positive_int("eval_sequences", FLAGS.eval_sequences)
-    task = synthetic.get(FLAGS.task)
-    if FLAGS.seq_len < task.min_seq_len:
-        raise app.UsageError(f"--seq_len={FLAGS.seq_len} is invalid: task {task.name} needs "
-                             f"at least {task.min_seq_len}.")
-    cfg.update(task=FLAGS.task, seq_len=FLAGS.seq_len)
+def _check_output_path(name: str, path: str | None) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "it is a directory")
+        os.makedirs(parent, exist_ok=True)
+        if not os.access(parent, os.W_OK) or (os.path.exists(path)
+                                              and not os.access(path, os.W_OK)):
+            raise PermissionError(13, "permission denied")
+    except OSError as e:
+        raise cli.ConfigError(name, path, f"expected a file that can be written ({e.strerror or e})"
+                              ) from None
 
-    key = jax.random.key(FLAGS.seed)
-    cell = cells.by_name(FLAGS.cell, FLAGS.hidden)
-    params, net = build_model(cell, task, jax.random.fold_in(key, 0))
+
+def _number(x: Any) -> float:
+    """A logged value as a float: non-finite values are logged as strings ("nan", "inf")."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Train until solved or out of budget; write ``results.json`` into ``workdir`` (and
+    ``--results``, ``--save_params``); return the outcome."""
+    cli.validate(config)
+    _check_output_path("results", config.results)
+    _check_output_path("save_params", config.save_params)
+    with cli.workdir_session(workdir, config):
+        outcome, params = train_until_solved(config, workdir)
+        if workdir:
+            checkpoint.save_json(workdir, "results", outcome)
+    if config.results:
+        with open(config.results, "a") as f:
+            f.write(json.dumps(outcome) + "\n")
+    if config.save_params:
+        flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+                for path, v in jax.tree_util.tree_leaves_with_path(params)}
+        np.savez(config.save_params, **flat)
+    return outcome
+
+
+def train_until_solved(config: Config, workdir: str | None) -> tuple[dict[str, Any], Any]:
+    """One run: ``(outcome, trained params)``."""
+    task = synthetic.get(config.task)
+    key = jax.random.key(config.seed)
+    model = tagger.make(cells.by_name(config.cell, config.hidden), task.input_size,
+                        task.output_size)
+    params = model.init(jax.random.fold_in(key, 0))
     data_key = jax.random.fold_in(key, 1)
-    T, B = FLAGS.seq_len, FLAGS.batch_size
+    T, B = config.seq_len, config.batch_size
 
     def batch_fn(step: int) -> synthetic.Batch:
         return task.generate(jax.random.fold_in(data_key, step), B, T)
 
-    if FLAGS.optimizer == "hf":
-        state, step_fn = long_memory.hf_state_and_step(net, task, params)
+    if config.optimizer == "hf":
+        net = lambda p, batch: model.outputs_and_hiddens(p, batch.inputs)
+        state, step_fn = hf.state_and_step(
+            net, task.kind, params, {n: getattr(config, n) for n in hf_config.HF_FIELDS},
+            seed=config.seed)
     else:
-        optimizer = common.make_optimizer()
-        state = train.init_state(params, optimizer, seed=FLAGS.seed)
-        step_fn = train.make_train_step(lambda p, b, k: task.loss(net(p, b)[0], b), optimizer,
-                                        clip_norm=FLAGS.clip_norm)
+        optimizer = factory.from_config(config)
+        state = train.init_state(params, optimizer, seed=config.seed)
+        step_fn = train.make_train_step(lambda p, b, k: task.loss(model.apply(p, b.inputs), b),
+                                        optimizer)
     t0 = time.perf_counter()
     step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()  # compile time kept apart
     compile_seconds = time.perf_counter() - t0
-    predict = jax.jit(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0])
+    predict = jax.jit(model.apply)
     eval_key = jax.random.fold_in(key, 2)  # never used for training data
 
-    def error_rate(n: int) -> float:
-        return synthetic.evaluate(task, lambda xs: predict(state.params, xs), eval_key, T,
+    def error_rate(p, n: int) -> float:
+        return synthetic.evaluate(task, lambda xs: predict(p, xs), eval_key, T,
                                   num_sequences=n, batch_size=min(n, 1000))
 
-    train_time, solved, rate, history = 0.0, False, float("nan"), []
-    while int(state.step) < FLAGS.steps and train_time < 60 * FLAGS.max_minutes:
-        target = min(int(state.step) + FLAGS.eval_every, FLAGS.steps)
-        t0 = time.perf_counter()
-        state, hist = train.run(None, state, step_fn, batch_fn, steps=target,
-                                log_every=FLAGS.eval_every, max_bad_steps=FLAGS.max_bad_steps,
-                                progress=False, jit=False)
-        jax.block_until_ready(state.params)
-        train_time += time.perf_counter() - t0
-        history += hist
-        rate = error_rate(FLAGS.eval_sequences)
-        rec = hist[-1]
-        extra = (f" lambda {float(rec['damping']):.3g} rho {float(rec['rho']):.2f} "
-                 f"cg {float(rec['cg_iters']):.0f} rate {float(rec['step_rate']):.2f}"
-                 if FLAGS.optimizer == "hf" else f" |g| {float(rec['grad_norm']):.3g}")
-        print(f"step {int(state.step):6d}  loss {rec['loss']:.4g}  wrong {rate:.4f}{extra}  "
-              f"train {train_time:.0f}s", flush=True)
-        if synthetic.solved(rate):
-            rate = error_rate(synthetic.NUM_TEST_SEQUENCES)
-            solved = synthetic.solved(rate)
-            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {rate:.4f}", flush=True)
-            if solved:
-                break
+    # The check runs in stop_fn at each --eval_every boundary (before the loop logs the
+    # step), so that a solved problem or the time cap stops the run at that step.
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+    check: dict[str, Any] = {"solved": False, "rate": float("nan"), "train_seconds": 0.0}
+
+    def stop_fn(s: train.TrainState) -> bool:
+        step = int(s.step)
+        if step % config.eval_every and step != config.steps:
+            return False
+        t = time.perf_counter()
+        check.update(step=step, train_seconds=t - clock["start"] - clock["eval"])
+        check["rate"] = check["periodic_rate"] = error_rate(s.params, config.eval_sequences)
+        if synthetic.solved(check["rate"]):
+            check["rate"] = error_rate(s.params, synthetic.NUM_TEST_SEQUENCES)
+            check.update(solved=synthetic.solved(check["rate"]), full_test=True)
+        clock["eval"] += time.perf_counter() - t
+        return check["solved"] or check["train_seconds"] >= 60 * config.max_minutes
+
+    def eval_fn(s: train.TrainState) -> dict[str, float]:
+        if check.get("step") != int(s.step):
+            stop_fn(s)
+        return {"error_rate": check["periodic_rate"]}
+
+    def on_log(rec: dict[str, Any]) -> None:
+        if "eval_error_rate" not in rec:
+            return
+        extra = (f" lambda {_number(rec.get('damping')):.3g} rho {_number(rec.get('rho')):.2f} "
+                 f"cg {_number(rec.get('cg_iters')):.0f} rate {_number(rec.get('step_rate')):.2f}"
+                 if config.optimizer == "hf" else f" |g| {_number(rec.get('grad_norm')):.3g}")
+        print(f"step {rec['step']:6d}  loss {_number(rec['loss']):.4g}  wrong "
+              f"{_number(rec['eval_error_rate']):.4f}{extra}  train {check['train_seconds']:.0f}s",
+              flush=True)
+        if check.pop("full_test", False):
+            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {check['rate']:.4f}",
+                  flush=True)
+
+    state, history = train.run(
+        workdir, state, step_fn, batch_fn, steps=config.steps, log_every=config.eval_every,
+        checkpoint_every=(config.checkpoint_every or None) if workdir else None,
+        keep=config.keep_checkpoints, eval_fn=eval_fn, eval_every=config.eval_every,
+        on_log=on_log, max_bad_steps=config.max_bad_steps, progress=config.progress,
+        jit=False, stop_fn=stop_fn)
+    if "step" not in check:  # a rerun of a finished run: nothing trained, measure it
+        stop_fn(state._replace(step=config.steps))
 
     updates = int(state.step)
-    outcome = dict(cfg, solved=solved, error_rate=rate, updates=updates,
-                   train_seconds=round(train_time, 1),
-                   compile_seconds=round(compile_seconds, 1), final_loss=history[-1]["loss"])
-    if FLAGS.optimizer == "hf":
+    final_loss = _number(history[-1]["loss"]) if history else float("nan")
+    outcome = dict(cli.as_dict(config), workdir=workdir, solved=check["solved"],
+                   error_rate=check["rate"], updates=updates,
+                   train_seconds=round(check["train_seconds"], 1),
+                   compile_seconds=round(compile_seconds, 1),
+                   final_loss=final_loss if np.isfinite(final_loss) else None)
+    if config.optimizer == "hf":
         hs = state.opt_state
         outcome.update(grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
                        loss_evals=int(hs.loss_evals), final_damping=float(hs.damping))
     else:
         outcome.update(grad_evals=updates, curvature_products=0)
     print(json.dumps(outcome))
-    if FLAGS.results:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.results)), exist_ok=True)
-        with open(FLAGS.results, "a") as f:
-            f.write(json.dumps(outcome) + "\n")
-    if FLAGS.save_params:
-        flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
-                for path, v in jax.tree_util.tree_leaves_with_path(state.params)}
-        np.savez(FLAGS.save_params, **flat)
+    return outcome, state.params
+
+
+def main(argv):
+    cli.call(run, cli.from_flags(Config, argv))
 
 
 if __name__ == "__main__":
+    cli.define_flags(Config)
     app.run(main)

@@ -1,158 +1,256 @@
 """Train a cell on a long-term-dependency problem, with remedies, and diagnose its gradients.
 
 Trains one network (a cell unrolled over the inputs, a linear readout at every
-step; the task's mask scores only the steps that matter) on one problem of
-:mod:`rnnjax.data.synthetic` at one length T, until it is solved (under 1% of
-10,000 fresh sequences wrong, Pascanu et al. 2013), or ``--steps`` updates, or
-``--max_minutes`` of training time. Every ``--eval_every`` steps it records the
-error rate on ``--eval_sequences`` fresh sequences and ‖∂L/∂h_t‖ for every t on a
-fixed diagnostic batch, into ``metrics.jsonl`` (with the per-parameter gradient
-norms of every step). At the end it writes, beside ``metrics.jsonl`` in
-``--workdir``:
+step: :mod:`rnnjax.models.tagger`; the task's mask scores only the steps that
+matter) on one problem of :mod:`rnnjax.data.synthetic` at one length T, until it
+is solved (under 1% of 10,000 fresh sequences wrong, Pascanu et al. 2013), or
+``--steps`` updates, or ``--max_minutes`` of training time. Every ``--eval_every``
+steps it records the error rate on ``--eval_sequences`` fresh sequences and
+‖∂L/∂h_t‖ for every t on a fixed diagnostic batch, into ``metrics.jsonl`` (with
+the per-parameter gradient norms of every step). With ``--workdir`` it saves a
+checkpoint every ``--checkpoint_every`` steps and at the end, and a rerun with the
+same settings resumes from the last one (the metrics before it are kept). At the
+end it writes, into ``--workdir``:
 
-* ``diagnosis.json``: the verdict (vanishing / exploding / healthy, rate per step,
-  effective horizon) at the start and at the end, the spectral radius of W_hh,
-  the largest Lyapunov exponent, and the outcome;
+* ``results.json`` (and ``diagnosis.json``, the same): the outcome, the verdict
+  (vanishing / exploding / healthy, rate per step, effective horizon) at the start
+  and at the end, the spectral radius of W_hh, the largest Lyapunov exponent;
 * ``gradient_vs_lag.png``: ‖∂L/∂h_{T-k}‖ against the lag k at several training steps;
 * ``gradient_heatmap.png``: the per-step norms across training;
 * ``parameter_gradient_norms.png``: each parameter's gradient norm across training
   (first-order optimizers).
 
-Remedies are flags: ``--clip_norm=θ`` (clipping by global norm), ``--nan_repair``
-(Pascanu et al.'s NaN/Inf repair), ``--cell=irnn`` (ReLU + identity init),
-``--cell=lstm|gru``, ``--recurrent_init=orthogonal|identity|glorot|normal``,
-``--spectral_radius=ρ``; ``--optimizer=hf`` trains with Hessian-free (Martens &
-Sutskever 2011; ``--cg_iters``, ``--hf_lambda``, ``--hf_mu``, ``--curvature_batch_size``),
-so the networks it finds get the same diagnosis.
+Remedies are settings: ``--clip_norm=θ`` (clipping by global norm), ``--nan_repair``
+(Pascanu et al.'s NaN/Inf repair), ``--omega=α`` (Pascanu et al.'s regulariser Ω,
+tanh cells; SGD-CR is ``--optimizer=sgd --learning_rate=0.01 --clip_norm=1
+--omega=2``), ``--cell=irnn`` (ReLU + identity init), ``--cell=lstm|gru``,
+``--recurrent_init=orthogonal|identity|glorot|normal|sparse``, ``--spectral_radius=ρ``;
+``--optimizer=hf`` trains with Hessian-free (Martens & Sutskever 2011;
+``--cg_iters``, ``--hf_lambda``, ``--hf_mu``, ``--curvature_batch_size``), and
+``--hf_protocol=martens2011`` with every setting of their paper (100 tanh units,
+sparse init, μ = 1/30, up to 300 CG steps, 10,000 fresh sequences for the gradient
+and separate 1,000-sequence batches for the curvature and the line search).
+
+``--lengths=10,20,50`` runs a sweep instead: each of ``--variants`` (a cell and its
+remedies: tanh, tanh+clip, irnn, lstm, gru) at each length, one workdir per run
+inside ``--workdir``, and the table of which variant solved which length
+(``table.md``, ``results.jsonl``).
 
     python -m experiments.long_memory --task=addition --seq_len=50 --cell=lstm \
         --hidden=64 --batch_size=64 --learning_rate=1e-2 --steps=2000 --workdir=/tmp/lm
     python -m experiments.long_memory --task=temporal_order --seq_len=20 --cell=tanh \
         --clip_norm=1 --nan_repair --optimizer=sgd --learning_rate=0.01 --workdir=/tmp/lm2
+    python -m experiments.long_memory --task=temporal_order --lengths=10,20,50 \
+        --steps=1000 --max_minutes=1 --hidden=64 --learning_rate=3e-3 --eval_every=100 \
+        --eval_sequences=500 --workdir=/tmp/long_memory_sweep
+
+From Python: ``long_memory.run(dataclasses.replace(long_memory.Config(), task="xor",
+seq_len=50), "runs/xor")``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
 
-from experiments import flags as common
-from experiments import hf_flags
-from rnnjax import cells, diagnostics, optimizers, recurrence, remedies, train
+from experiments import cli, hf_config
+from rnnjax import cells, checkpoint, diagnostics, plots, regularizers, train
 from rnnjax.data import synthetic
-from rnnjax.optim import hessian_free
+from rnnjax.models import hf, tagger
+from rnnjax.optim import factory, hessian_free
 
-FLAGS = flags.FLAGS
-
-RECURRENT_INITS = ("default", "orthogonal", "identity", "glorot", "normal")
-
-common.define("string", "task", "addition", "One of: " + ", ".join(synthetic.LONG_MEMORY_TASKS) + ".")
-common.define("integer", "seq_len", 20, "Sequence length T.")
-common.define("integer", "eval_every", 50, "Check the error rate and the gradient flow every N updates.")
-common.define("integer", "eval_sequences", 1000, "Fresh sequences in the periodic check.")
-common.define("float", "max_minutes", 5.0, "Stop after this much training wall time (minutes).")
-common.define("string", "results", None, "Append the outcome as one JSON line to this file.")
-common.define("string", "recurrent_init", "default",
-              "Initialiser of W_hh: " + ", ".join(RECURRENT_INITS) + " (default: the cell's own, "
-              "orthogonal; identity for irnn).")
-common.define("float", "spectral_radius", None, "Rescale W_hh (each gate block) to this spectral radius.")
-common.define("bool", "nan_repair", False, "Pascanu et al.'s repair of NaN/Inf gradients (W_hh shrinks) "
-              "instead of skipping the step.")
-common.define("integer", "diagnostic_batch", 32, "Sequences in the fixed batch for ∂L/∂h_t.")
-common.define("bool", "plots", True, "Write the diagnosis plots into --workdir at the end.")
+RECURRENT_INITS = ("default", "orthogonal", "identity", "glorot", "normal", "sparse")
+HF_PROTOCOLS = ("none", "martens2011")
+# Settings the paper's protocol fixes: with --hf_protocol they must keep their defaults.
+PROTOCOL_SETTINGS = ("cell", "hidden", "recurrent_init", "spectral_radius", "batch_size",
+                     "curvature_batch_size", "cg_iters", "hf_lambda", "hf_mu",
+                     "hf_preconditioner")
+# The sweep's variants: a cell and its remedies.
+VARIANTS = {
+    "tanh": dict(cell="tanh"),
+    "tanh+clip": dict(cell="tanh", clip_norm=1.0, nan_repair=True),
+    "irnn": dict(cell="irnn"),
+    "lstm": dict(cell="lstm"),
+    "gru": dict(cell="gru"),
+}
 
 
-def build_model(cell: cells.Cell, task: synthetic.Task, key: jax.Array):
-    """Params and ``net(params, inputs [T, B, D]) -> (outputs [T, B, O], hs [T, B, H])``."""
-    k_cell, k_out = jax.random.split(key)
-    H = cell.hidden_size
-    params = {"cell": cell.init(k_cell, task.input_size),
-              "W_o": jax.random.normal(k_out, (H, task.output_size)) / np.sqrt(H),
-              "b_o": jnp.zeros((task.output_size,))}
-
-    def readout(p, hs):
-        return hs @ p["W_o"] + p["b_o"]
-
-    def net(p, inputs):
-        _, hs = recurrence.unroll(cell, p["cell"], inputs)
-        return readout(p, hs), hs
-
-    return params, net, readout
+def _variant(value: str) -> str | None:
+    return None if value in VARIANTS else "accepted: a comma-separated subset of " + ", ".join(
+        VARIANTS)
 
 
-def hf_state_and_step(net, task: synthetic.Task, params) -> tuple[train.TrainState, Any]:
-    """TrainState and step of ``--optimizer=hf`` for ``net(params, batch) -> (outputs
-    [T, B, O], hiddens [T, B, H])``: squared error for regression tasks, softmax
-    cross-entropy otherwise; the hiddens are what ``--hf_mu`` damps."""
-    output_loss = (hessian_free.squared_error() if task.kind == "regression"
-                   else hessian_free.softmax_cross_entropy())
-    opt = hf_flags.make_hf(net, output_loss, net_returns_hidden=True, example_axes=1)
-    state = train.init_state(params, None, opt_state=opt.init(params), seed=FLAGS.seed)
-    return state, hessian_free.make_train_step(
-        opt, curvature_batch_size=FLAGS.curvature_batch_size, example_axes=1)
+@dataclasses.dataclass(frozen=True)
+class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
+    """The settings of ``python -m experiments.long_memory`` (its flags)."""
+
+    task: str = cli.field("addition", "The problem.", choices=synthetic.LONG_MEMORY_TASKS)
+    seq_len: int = cli.field(20, "Sequence length T.", check=cli.positive)
+    eval_every: int = cli.field(50, "Check the error rate and the gradient flow every N updates.",
+                                check=cli.positive)
+    eval_sequences: int = cli.field(1000, "Fresh sequences in the periodic check.",
+                                    check=cli.positive)
+    max_minutes: float = cli.field(5.0, "Stop after this much training wall time (minutes; inf: "
+                                   "no cap).", check=cli.positive, allow_inf=True)
+    results: str | None = cli.field(None, "Append the outcome as one JSON line to this file.")
+    recurrent_init: str = cli.field(
+        "default", "Initialiser of W_hh (default: the cell's own, orthogonal; identity for irnn; "
+        "sparse: 15 non-zero incoming weights per unit, Martens 2010).", choices=RECURRENT_INITS)
+    spectral_radius: float | None = cli.field(None, "Rescale W_hh (each gate block) to this "
+                                              "spectral radius.", check=cli.positive)
+    nan_repair: bool = cli.field(False, "Pascanu et al.'s repair of NaN/Inf gradients (W_hh "
+                                 "shrinks) instead of skipping the step.")
+    omega: float = cli.field(0.0, "Weight alpha of Pascanu et al.'s regulariser Omega (tanh "
+                             "cells, first-order optimizers; 0: off). SGD-CR: --optimizer=sgd "
+                             "--learning_rate=0.01 --clip_norm=1 --omega=2.",
+                             check=cli.non_negative)
+    hf_protocol: str = cli.field("none", "Martens & Sutskever 2011's whole protocol with "
+                                 "--optimizer=hf: 100 tanh units, sparse init, mu=1/30, up to "
+                                 "300 CG steps, 10,000 sequences per gradient, separate "
+                                 "1,000-sequence curvature and line-search batches.",
+                                 choices=HF_PROTOCOLS)
+    diagnostic_batch: int = cli.field(32, "Sequences in the fixed batch for dL/dh_t.",
+                                      check=cli.positive)
+    plots: bool = cli.field(True, "Write the diagnosis plots into --workdir at the end.")
+    lengths: tuple[int, ...] = cli.field((), "Sweep: run every --variants at each of these "
+                                         "lengths T (instead of the one --seq_len), one workdir "
+                                         "each inside --workdir; writes table.md.",
+                                         check=cli.positive)
+    variants: tuple[str, ...] = cli.field(tuple(VARIANTS), "Sweep: the variants (cell and "
+                                          "remedies), from: " + ", ".join(VARIANTS) + ".",
+                                          check=_variant)
+    skip_longer_after_failure: bool = cli.field(True, "Sweep: do not run a variant at longer T "
+                                                "once it failed at a shorter one.")
+
+    RESUMABLE = frozenset({"max_minutes", "results", "plots", "eval_sequences",
+                           "diagnostic_batch", "lengths", "variants",
+                           "skip_longer_after_failure"})
+
+    def check(self) -> None:
+        task = synthetic.get(self.task)
+        for T in (self.seq_len, *self.lengths):
+            if T < task.min_seq_len:
+                name = "seq_len" if T == self.seq_len else "lengths"
+                raise cli.ConfigError(name, getattr(self, name), f"task {task.name} needs an "
+                                      f"integer >= {task.min_seq_len}")
+        if self.optimizer == "hf" and (self.nan_repair or self.clip_norm is not None):
+            name = "clip_norm" if self.clip_norm is not None else "nan_repair"
+            raise cli.ConfigError(name, getattr(self, name), "nan_repair and clip_norm are "
+                                  "first-order remedies: leave them unset with optimizer=hf "
+                                  "(its damping and line search bound the step)")
+        if self.cell == "mrnn" and (self.recurrent_init != "default"
+                                    or self.spectral_radius is not None):
+            raise cli.ConfigError("cell", self.cell, "recurrent_init/spectral_radius do not "
+                                  "apply to cell=mrnn (it has no W_hh)")
+        if self.omega > 0 and (self.optimizer == "hf" or self.cell not in ("tanh",)):
+            raise cli.ConfigError("omega", self.omega, "Omega is defined for tanh cells trained "
+                                  "by a first-order optimizer: set cell=tanh and an optax "
+                                  "optimizer, or omega=0")
+        if self.hf_protocol != "none":
+            if self.optimizer != "hf":
+                raise cli.ConfigError("hf_protocol", self.hf_protocol, "needs optimizer=hf")
+            defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+            for name in PROTOCOL_SETTINGS:
+                if getattr(self, name) != defaults[name]:
+                    raise cli.ConfigError(name, getattr(self, name), f"set by hf_protocol="
+                                          f"{self.hf_protocol}: leave it at its default")
+        if self.lengths and not self.variants:
+            raise cli.ConfigError("variants", self.variants, _variant(""))
+        super().check()
 
 
-def make_cell() -> cells.Cell:
+# ----------------------------------------------------------------------------- model
+
+def protocol_of(config: Config) -> hessian_free.Protocol | None:
+    """The Hessian-free protocol ``--hf_protocol`` names (None: the flags' settings)."""
+    return hessian_free.martens2011() if config.hf_protocol == "martens2011" else None
+
+
+def make_cell(config: Config) -> cells.Cell:
+    """The cell of ``--cell``/``--hidden`` with ``--recurrent_init``/``--spectral_radius``."""
+    protocol = protocol_of(config)
+    if protocol is not None:
+        return cells.by_name(protocol.activation, protocol.hidden,
+                             recurrent_init=protocol.recurrent_init)
     kwargs: dict[str, Any] = {}
-    if FLAGS.recurrent_init != "default":
-        kwargs["recurrent_init"] = FLAGS.recurrent_init
-    if FLAGS.spectral_radius is not None:
-        kwargs["spectral_radius"] = FLAGS.spectral_radius
-    if FLAGS.cell == "mrnn" and kwargs:
-        raise app.UsageError("--recurrent_init/--spectral_radius do not apply to --cell=mrnn "
-                             "(it has no W_hh)")
-    return cells.by_name(FLAGS.cell, FLAGS.hidden, **kwargs)
+    if config.recurrent_init != "default":
+        kwargs["recurrent_init"] = config.recurrent_init
+    if config.spectral_radius is not None:
+        kwargs["spectral_radius"] = config.spectral_radius
+    return cells.by_name(config.cell, config.hidden, **kwargs)
 
 
-def validate() -> dict[str, Any]:
-    cfg = common.validate(optimizers_allowed=optimizers.OPTIMIZERS + ("hf",))
-    cfg.update(hf_flags.validate())
-    if FLAGS.optimizer == "hf" and (FLAGS.nan_repair or FLAGS.clip_norm is not None):
-        raise app.UsageError("--nan_repair and --clip_norm are first-order remedies: leave them "
-                             "unset with --optimizer=hf (its damping and line search bound the step)")
-    common.check_choice("task", FLAGS.task, synthetic.LONG_MEMORY_TASKS)
-    common.check_choice("recurrent_init", FLAGS.recurrent_init, RECURRENT_INITS)
-    for name in ("eval_every", "eval_sequences", "diagnostic_batch"):
-        common.check_positive_int(name, FLAGS[name].value)
-    task = synthetic.get(FLAGS.task)
-    if not isinstance(FLAGS.seq_len, int) or FLAGS.seq_len < task.min_seq_len:
-        raise app.UsageError(f"--seq_len={FLAGS.seq_len} is invalid: task {task.name} needs "
-                             f"an integer >= {task.min_seq_len}.")
-    if FLAGS.spectral_radius is not None and not FLAGS.spectral_radius > 0:
-        raise app.UsageError(f"--spectral_radius={FLAGS.spectral_radius} is invalid: expected a "
-                             "positive number (or leave it unset).")
-    if not FLAGS.max_minutes > 0:
-        raise app.UsageError(f"--max_minutes={FLAGS.max_minutes} is invalid: expected a "
-                             "positive number.")
-    cfg.update(task=FLAGS.task, seq_len=FLAGS.seq_len, recurrent_init=FLAGS.recurrent_init,
-               spectral_radius=FLAGS.spectral_radius, nan_repair=FLAGS.nan_repair,
-               eval_every=FLAGS.eval_every, max_minutes=FLAGS.max_minutes)
-    return cfg
+def make_loss(model: tagger.Tagger, task: synthetic.Task, omega: float) -> Callable:
+    """``loss_fn(params, batch, key)`` of the first-order step: the task's loss, plus
+    ``omega``·Ω (Pascanu et al. 2013) when ``omega`` > 0."""
+    if omega == 0:
+        return lambda p, batch, key: task.loss(model.apply(p, batch.inputs), batch)
+
+    def loss_fn(p, batch, key):
+        hs = model.hiddens(p, batch.inputs)
+        loss, reg = regularizers.loss_and_omega(
+            lambda h: task.loss(model.readout(p, h), batch), p["cell"]["W_hh"], hs)
+        return loss + omega * reg, {"task_loss": loss, "omega": reg}
+
+    return loss_fn
 
 
-def make_hidden_norms(cell, readout, task):
+def state_and_step(config: Config, model: tagger.Tagger, task: synthetic.Task,
+                   params: Any) -> tuple[train.TrainState, Callable]:
+    """The TrainState and the pure train step of ``config.optimizer``."""
+    if config.optimizer == "hf":
+        net = lambda p, batch: model.outputs_and_hiddens(p, batch.inputs)
+        settings = protocol_of(config) or {n: getattr(config, n) for n in hf_config.HF_FIELDS}
+        return hf.state_and_step(net, task.kind, params, settings, seed=config.seed)
+    optimizer = factory.from_config(config)
+    state = train.init_state(params, optimizer, seed=config.seed)
+    return state, train.make_train_step(make_loss(model, task, config.omega), optimizer,
+                                        param_norms=True, has_aux=config.omega > 0)
+
+
+def make_batch_fn(config: Config, task: synthetic.Task, key: jax.Array) -> Callable[[int], Any]:
+    """``batch_fn(step)``: a fresh batch (the protocol's three independent draws)."""
+    T, protocol = config.seq_len, protocol_of(config)
+    if protocol is None:
+        return lambda step: task.generate(jax.random.fold_in(key, step), config.batch_size, T)
+
+    def draws(step: int):
+        k_grad, k_curv, k_eval = jax.random.split(jax.random.fold_in(key, step), 3)
+        return (task.generate(k_grad, protocol.gradient_batch, T),
+                task.generate(k_curv, protocol.curvature_batch, T),
+                task.generate(k_eval, protocol.eval_batch, T))
+
+    return draws
+
+
+# ----------------------------------------------------------------------------- diagnosis
+
+def make_hidden_norms(model: tagger.Tagger, task: synthetic.Task):
     """A jitted ``(params, batch) -> ‖∂L/∂h_t‖ [T]`` of the task's loss."""
     def norms(params, batch):
         return diagnostics.hidden_gradient_norms(
-            cell, params["cell"], batch.inputs, lambda hs: task.loss(readout(params, hs), batch))
+            model.cell, params["cell"], batch.inputs,
+            lambda hs: task.loss(model.readout(params, hs), batch))
     return jax.jit(norms)
 
 
-def gradient_report(cell, params, hidden_norms, batch) -> dict[str, Any]:
+def gradient_report(cell: cells.Cell, params, hidden_norms, batch) -> dict[str, Any]:
     """Verdict, spectral radius and Lyapunov exponent of ``params`` on ``batch``."""
     v = diagnostics.verdict(np.asarray(hidden_norms(params, batch)))
     js = diagnostics.state_jacobians(cell, params["cell"], batch.inputs)
-    report = {"verdict": v.kind, "rate_per_step": v.rate_per_step, "horizon": v.horizon,
-              "span": v.span, "summary": str(v),
-              "lyapunov_exponent": float(diagnostics.lyapunov_exponents(js, num=1)[0])}
+    report = {"verdict": v.kind, "rate_per_step": _finite_or_none(v.rate_per_step),
+              "horizon": v.horizon, "span": v.span, "summary": str(v),
+              "lyapunov_exponent": _finite_or_none(
+                  float(diagnostics.lyapunov_exponents(js, num=1)[0]))}
     try:
         report["spectral_radius"] = diagnostics.recurrent_spectral_radius(params["cell"])
     except ValueError:
@@ -160,142 +258,269 @@ def gradient_report(cell, params, hidden_norms, batch) -> dict[str, Any]:
     return report
 
 
-def _finite_or_none(x: float) -> float | None:
+def _finite_or_none(x: Any) -> float | None:
+    x = _number(x)
     return x if math.isfinite(x) else None
 
 
-def main(argv) -> None:
-    del argv
-    run_from_flags()
+def _number(x: Any) -> float:
+    """A logged value as a float: non-finite values are logged as strings ("nan", "inf")."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
-def run_from_flags() -> dict[str, Any]:
-    """Run one experiment as the flags say; returns the outcome (also in diagnosis.json)."""
-    cfg = validate()
-    task = synthetic.get(FLAGS.task)
-    workdir = FLAGS.workdir
-    if workdir is not None:
-        common.save_config(workdir, cfg)
+def _repaired_steps(history: list[dict[str, Any]]) -> int:
+    """Steps the NaN/Inf repair changed (its running total, last logged)."""
+    totals = [r["total_repaired"] for r in history if "total_repaired" in r]
+    return int(_number(totals[-1])) if totals else 0
 
-    key = jax.random.key(FLAGS.seed)
-    cell = make_cell()
-    params, net, readout = build_model(cell, task, jax.random.fold_in(key, 0))
-    data_key = jax.random.fold_in(key, 1)
+
+def _check_output_path(name: str, path: str | None) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        if os.path.isdir(path):
+            raise IsADirectoryError(21, "it is a directory")
+        os.makedirs(parent, exist_ok=True)
+        if not os.access(parent, os.W_OK) or (os.path.exists(path)
+                                              and not os.access(path, os.W_OK)):
+            raise PermissionError(13, "permission denied")
+    except OSError as e:
+        raise cli.ConfigError(name, path, f"expected a file that can be written ({e.strerror or e})"
+                              ) from None
+
+
+# ----------------------------------------------------------------------------- run
+
+def run(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Train and diagnose as ``config`` says (a sweep when ``config.lengths`` is set);
+    write ``results.json`` into ``workdir`` and return the outcome."""
+    cli.validate(config)
+    _check_output_path("results", config.results)
+    if config.lengths:
+        return sweep(config, workdir)
+    with cli.workdir_session(workdir, config):
+        outcome = train_and_diagnose(config, workdir)
+    if config.results:
+        with open(config.results, "a") as f:
+            f.write(json.dumps(outcome) + "\n")
+    return outcome
+
+
+def train_and_diagnose(config: Config, workdir: str | None) -> dict[str, Any]:
+    """One run (validated ``config``, prepared ``workdir``): the outcome dict."""
+    task = synthetic.get(config.task)
+    key = jax.random.key(config.seed)
+    cell = make_cell(config)
+    model = tagger.make(cell, task.input_size, task.output_size)
+    params = model.init(jax.random.fold_in(key, 0))
+    batch_fn = make_batch_fn(config, task, jax.random.fold_in(key, 1))
     eval_key = jax.random.fold_in(key, 2)          # never used for training data
-    T, B = FLAGS.seq_len, FLAGS.batch_size
-    diag_batch = task.generate(jax.random.fold_in(key, 3), FLAGS.diagnostic_batch, T)
+    T = config.seq_len
+    diag_batch = task.generate(jax.random.fold_in(key, 3), config.diagnostic_batch, T)
+    state, step_fn = state_and_step(config, model, task, params)
 
-    def batch_fn(step: int) -> synthetic.Batch:
-        return task.generate(jax.random.fold_in(data_key, step), B, T)
-
-    def loss_fn(p, batch, k):
-        return task.loss(net(p, batch.inputs)[0], batch)
-
-    if FLAGS.optimizer == "hf":
-        state, step_fn = hf_state_and_step(lambda p, b: net(p, b.inputs), task, params)
-    else:
-        optimizer = common.make_optimizer()
-        state = train.init_state(params, optimizer, seed=FLAGS.seed)
-        step_fn = remedies.make_train_step(loss_fn, optimizer, clip_norm=FLAGS.clip_norm,
-                                           nan_repair=FLAGS.nan_repair)
     t0 = time.perf_counter()
     step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()  # compile time kept apart
     compile_seconds = time.perf_counter() - t0
-    predict = jax.jit(lambda p, xs: net(p, xs)[0])
-
-    eval_batch = min(FLAGS.eval_sequences, 1000)  # one shape for every check: one compile
+    predict = jax.jit(model.apply)
+    eval_batch = min(config.eval_sequences, 1000)  # one shape for every check: one compile
 
     def error_rate(p, n: int) -> float:
         return synthetic.evaluate(task, lambda xs: predict(p, xs), eval_key, T,
                                   num_sequences=n, batch_size=eval_batch)
 
-    hidden_norms = make_hidden_norms(cell, readout, task)
+    hidden_norms = make_hidden_norms(model, task)
     start_report = gradient_report(cell, state.params, hidden_norms, diag_batch)
     print(f"at the start: {start_report['summary']}", flush=True)
-    snapshots = {0: np.asarray(hidden_norms(state.params, diag_batch))}
-    last_check: dict[str, float] = {"eval_seconds": 0.0}
+
+    # The check at each --eval_every boundary runs in stop_fn (the loop asks it before
+    # it logs the step), so that a solved problem or the time cap stops the run at that
+    # step; eval_fn then logs what the check measured.
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+    check: dict[str, Any] = {"solved": False, "rate": float("nan")}
+
+    def train_seconds() -> float:
+        return time.perf_counter() - clock["start"] - clock["eval"]
+
+    def stop_fn(s: train.TrainState) -> bool:
+        step = int(s.step)
+        if step % config.eval_every and step != config.steps:
+            return False
+        t = time.perf_counter()
+        rate = error_rate(s.params, config.eval_sequences)
+        check.update(step=step, rate=rate, periodic_rate=rate, train_seconds=train_seconds(),
+                     norms=np.asarray(hidden_norms(s.params, diag_batch)))
+        if synthetic.solved(rate):
+            rate = error_rate(s.params, synthetic.NUM_TEST_SEQUENCES)
+            check.update(rate=rate, solved=synthetic.solved(rate), full_test=True)
+        clock["eval"] += time.perf_counter() - t
+        return check["solved"] or train_seconds() >= 60 * config.max_minutes
 
     def eval_fn(s: train.TrainState) -> dict[str, Any]:
-        t = time.perf_counter()
-        rate = error_rate(s.params, FLAGS.eval_sequences)
-        norms = np.asarray(hidden_norms(s.params, diag_batch))
-        snapshots[int(s.step)] = norms
-        last_check["error_rate"] = rate
-        last_check["eval_seconds"] += time.perf_counter() - t
-        return {"error_rate": rate, "hidden_grad_norms": norms}
+        if check.get("step") != int(s.step):
+            stop_fn(s)  # the loop's last step when it is not a boundary
+        return {"error_rate": check["periodic_rate"], "hidden_grad_norms": check["norms"]}
 
-    train_time, solved, rate = 0.0, False, float("nan")
-    history: list[dict[str, Any]] = []
-    while int(state.step) < FLAGS.steps and train_time < 60 * FLAGS.max_minutes:
-        target = min(int(state.step) + FLAGS.eval_every, FLAGS.steps)
-        t0, e0 = time.perf_counter(), last_check["eval_seconds"]
-        # eval_fn runs at the end of each chunk; its time is excluded below.
-        state, hist = train.run(workdir, state, step_fn, batch_fn, steps=target,
-                                log_every=FLAGS.eval_every, eval_fn=eval_fn,
-                                eval_every=FLAGS.eval_every, max_bad_steps=FLAGS.max_bad_steps,
-                                progress=False, jit=False)
-        train_time += (time.perf_counter() - t0) - (last_check["eval_seconds"] - e0)
-        history = hist
-        rate = last_check["error_rate"]
-        rec = hist[-1]
-        print(f"step {int(state.step):6d}  loss {rec['loss']:.4g}  wrong {rate:.4f}  "
-              f"|g| {rec['grad_norm']:.3g}  train {train_time:.0f}s", flush=True)
-        if synthetic.solved(rate):
-            rate = error_rate(state.params, synthetic.NUM_TEST_SEQUENCES)
-            solved = synthetic.solved(rate)
-            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {rate:.4f}", flush=True)
-            if solved:
-                break
+    def on_log(rec: dict[str, Any]) -> None:
+        if "eval_error_rate" not in rec:
+            return
+        extra = (f"lambda {_number(rec.get('damping')):.3g} rho {_number(rec.get('rho')):.2f} "
+                 f"cg {_number(rec.get('cg_iters')):.0f}" if config.optimizer == "hf"
+                 else f"|g| {_number(rec.get('grad_norm')):.3g}")
+        print(f"step {rec['step']:6d}  loss {_number(rec['loss']):.4g}  wrong "
+              f"{_number(rec['eval_error_rate']):.4f}  {extra}  "
+              f"train {check['train_seconds']:.0f}s",
+              flush=True)
+        if check.pop("full_test", False):
+            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {check['rate']:.4f}",
+                  flush=True)
+
+    state, history = train.run(
+        workdir, state, step_fn, batch_fn, steps=config.steps, log_every=config.eval_every,
+        checkpoint_every=(config.checkpoint_every or None) if workdir else None,
+        keep=config.keep_checkpoints, eval_fn=eval_fn, eval_every=config.eval_every,
+        on_log=on_log, max_bad_steps=config.max_bad_steps, progress=config.progress,
+        jit=False, stop_fn=stop_fn)
+    if "step" not in check:  # a rerun of a finished run: nothing trained, measure it
+        stop_fn(state._replace(step=jnp.asarray(config.steps)))
 
     end_report = gradient_report(cell, state.params, hidden_norms, diag_batch)
     print(f"at the end: {end_report['summary']}", flush=True)
-    outcome = dict(cfg, cell_name=cell.name, solved=solved, error_rate=rate,
-                   updates=int(state.step), train_seconds=round(train_time, 1),
+    outcome = dict(cli.as_dict(config), workdir=workdir, cell_name=cell.name,
+                   solved=check["solved"], error_rate=_finite_or_none(check["rate"]),
+                   updates=int(state.step), train_seconds=round(check["train_seconds"], 1),
                    compile_seconds=round(compile_seconds, 1),
-                   final_loss=_finite_or_none(float(history[-1]["loss"])) if history else None,
-                   repaired_steps=_repaired_steps(history),
-                   start=start_report, end=end_report)
-    if FLAGS.optimizer == "hf":
+                   final_loss=_finite_or_none(history[-1]["loss"]) if history else None,
+                   repaired_steps=_repaired_steps(history), start=start_report, end=end_report)
+    if config.optimizer == "hf":
         hs = state.opt_state
         outcome.update(grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
-                       final_damping=float(hs.damping))
+                       loss_evals=int(hs.loss_evals), final_damping=float(hs.damping))
     if workdir is not None:
-        if FLAGS.plots:
-            write_plots(workdir, snapshots, task, cell)
-        with open(os.path.join(workdir, "diagnosis.json"), "w") as f:
-            json.dump(outcome, f, indent=1)
+        if config.plots:
+            snapshots = {0: np.asarray(hidden_norms(params, diag_batch))} | {
+                r["step"]: np.asarray(r["eval_hidden_grad_norms"], np.float64)
+                for r in history if "eval_hidden_grad_norms" in r}
+            write_plots(workdir, snapshots, config, cell)
+        checkpoint.save_json(workdir, "diagnosis", outcome)
+        checkpoint.save_json(workdir, "results", outcome)
     print(json.dumps({k: v for k, v in outcome.items() if k not in ("start", "end")}))
-    if FLAGS.results:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.results)), exist_ok=True)
-        with open(FLAGS.results, "a") as f:
-            f.write(json.dumps(outcome) + "\n")
     return outcome
 
 
-def _repaired_steps(history: list[dict[str, Any]]) -> int:
-    """Steps the NaN/Inf repair changed: each record holds the mean since the previous one."""
-    total, prev = 0.0, 0
-    for r in history:
-        total += float(r.get("repaired", 0.0)) * (r["step"] - prev)
-        prev = r["step"]
-    return int(round(total))
-
-
-def write_plots(workdir: str, snapshots: dict[int, np.ndarray], task, cell) -> None:
+def write_plots(workdir: str, snapshots: dict[int, np.ndarray], config: Config,
+                cell: cells.Cell) -> None:
     steps = sorted(snapshots)
-    title = f"{cell.name} on {task.name}, T={FLAGS.seq_len}"
+    title = f"{cell.name} on {config.task}, T={config.seq_len}"
     picks = sorted(set(steps[i] for i in np.linspace(0, len(steps) - 1, min(5, len(steps)))
                        .round().astype(int)))
-    diagnostics.plot_gradient_vs_lag({f"step {s}": snapshots[s] for s in picks},
+    plots.plot_gradient_vs_lag({f"step {s}": snapshots[s] for s in picks},
                                      os.path.join(workdir, "gradient_vs_lag.png"), title=title)
-    diagnostics.plot_gradient_heatmap(steps, np.stack([snapshots[s] for s in steps]),
+    plots.plot_gradient_heatmap(steps, np.stack([snapshots[s] for s in steps]),
                                       os.path.join(workdir, "gradient_heatmap.png"), title=title)
-    if FLAGS.optimizer == "hf":
+    if config.optimizer == "hf":
         return  # the HF step does not log per-parameter gradient norms
-    p_steps, p_norms = diagnostics.parameter_gradient_norms(workdir)
-    diagnostics.plot_parameter_gradient_norms(
+    p_steps, p_norms = plots.parameter_gradient_norms(workdir)
+    plots.plot_parameter_gradient_norms(
         p_steps, p_norms, os.path.join(workdir, "parameter_gradient_norms.png"), title=title)
 
 
+# ----------------------------------------------------------------------------- sweep
+
+def sweep(config: Config, workdir: str | None) -> dict[str, Any]:
+    """Each of ``config.variants`` at each of ``config.lengths`` (shorter first), under the
+    same budget; one workdir per run inside ``workdir``; the table of what was solved.
+    ``results.jsonl`` keeps every run, so a sweep into the same workdir adds to the table."""
+    if not workdir:
+        raise cli.ConfigError("workdir", workdir, "a sweep needs a workdir for its runs and table")
+    with cli.workdir_session(workdir, config):
+        results_path = os.path.join(workdir, "results.jsonl")
+        failed: set[str] = set()
+        for T in sorted(config.lengths):
+            for v in config.variants:
+                if v in failed and config.skip_longer_after_failure:
+                    r = {"variant": v, "seq_len": T, "status": "skipped"}
+                else:
+                    r = sweep_one(config, v, T, workdir)
+                    if r["status"] != "solved":
+                        failed.add(v)
+                with open(results_path, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(json.dumps(r), flush=True)
+        # A measured result replaces a "skipped" one, from this sweep or an earlier one.
+        recorded: dict[tuple[str, int], dict] = {}
+        with open(results_path) as f:
+            for line in f:
+                r = json.loads(line)
+                k = (r["variant"], r["seq_len"])
+                if r["status"] != "skipped" or k not in recorded:
+                    recorded[k] = r
+        md = table(list(recorded.values()), sorted({T for _, T in recorded}),
+                   [v for v in VARIANTS if any(k[0] == v for k in recorded)], config.steps)
+        with open(os.path.join(workdir, "table.md"), "w") as f:
+            f.write(md + "\n")
+        print(md)
+        results = {"runs": list(recorded.values()), "table": md}
+        checkpoint.save_json(workdir, "results", results)
+    return results
+
+
+def sweep_one(config: Config, variant: str, T: int, workdir: str) -> dict[str, Any]:
+    """One run of the sweep (its own workdir, no checkpoints): a row of the table."""
+    run_config = dataclasses.replace(config, seq_len=T, lengths=(), checkpoint_every=0,
+                                     progress=False, results=None, **VARIANTS[variant])
+    run_dir = os.path.join(workdir, f"{variant.replace('+', '_')}_T{T}")
+    t0 = time.time()
+    try:
+        cli.validate(run_config)
+        with cli.workdir_session(run_dir, run_config):
+            d = train_and_diagnose(run_config, run_dir)
+    except train.NonFiniteError as e:
+        return {"variant": variant, "seq_len": T, "status": "non-finite",
+                "message": str(e)[:200], "wall_seconds": round(time.time() - t0, 1)}
+    return {"variant": variant, "seq_len": T, "status": "solved" if d["solved"] else "failed",
+            "updates": d["updates"], "train_seconds": d["train_seconds"],
+            "error_rate": d["error_rate"], "wall_seconds": round(time.time() - t0, 1),
+            "verdict_start": d["start"]["summary"], "verdict_end": d["end"]["summary"]}
+
+
+def cell_text(r: dict | None, steps: int) -> str:
+    """One cell of the sweep's table (``steps``: the budget, to mark a time cap)."""
+    if r is None:
+        return "–"
+    if r["status"] == "skipped":
+        return "skipped"
+    if r["status"] == "solved":
+        return f"**yes**: {r['updates']} steps, {r['train_seconds']:.0f} s"
+    if r["status"] == "non-finite":
+        return "no (stopped: non-finite gradients)"
+    if r["status"] == "failed":
+        rate = r["error_rate"]
+        wrong = "?" if rate is None else f"{rate:.0%}"
+        return (f"no ({wrong} wrong after {r['updates']} steps"
+                + (", time cap)" if r["updates"] < steps else ")"))
+    return r["status"]
+
+
+def table(results: list[dict], lengths: list[int], variants: list[str], steps: int) -> str:
+    """The markdown table: a row per length, a column per variant."""
+    by = {(r["variant"], r["seq_len"]): r for r in results}
+    lines = ["| T | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
+    for T in lengths:
+        lines.append(f"| {T} | " + " | ".join(cell_text(by.get((v, T)), steps)
+                                              for v in variants) + " |")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    cli.call(run, cli.from_flags(Config, argv))
+
+
 if __name__ == "__main__":
+    cli.define_flags(Config)
     app.run(main)
