@@ -32,6 +32,8 @@ needs_kernel = pytest.mark.skipif("not _have_kernel()", reason="oneDNN kernel un
 
 
 def _cell(kind, **kw):
+    """The XLA reference cell."""
+    kw.setdefault("backend", "xla")
     if kind == "lstm":
         return cells.lstm(H, **kw)
     if kind == "gru":
@@ -90,7 +92,7 @@ def test_outputs_final_states_and_gradients_match_xla(kind, reverse, key):
 
 @needs_kernel
 def test_stack_and_bidirectional_match_xla(key):
-    layers = [cells.lstm(H, learn_initial_state=True), cells.gru(H)]
+    layers = [_cell("lstm", learn_initial_state=True), _cell("gru")]
     deep_x = recurrence.stack(layers)
     deep_o = recurrence.stack([onednn.with_backend(c, "auto") for c in layers])
     p_deep = _params(deep_x, key)
@@ -98,7 +100,7 @@ def test_stack_and_bidirectional_match_xla(key):
     _close(jax.value_and_grad(_loss, 1)(deep_o, p_deep, xs),
            jax.value_and_grad(_loss, 1)(deep_x, p_deep, xs))
 
-    fw, bw = cells.gru(H, learn_initial_state=True), cells.lstm(H)
+    fw, bw = _cell("gru", learn_initial_state=True), _cell("lstm")
     p_bi = (_params(fw, key), _params(bw, jax.random.fold_in(key, 4)))
 
     def bi_loss(fw, bw, p, xs):
@@ -133,7 +135,7 @@ def test_forward_mode_runs_on_the_kernel_and_matches_xla(kind, key):
 
 @needs_kernel
 def test_auto_uses_xla_where_the_kernel_does_not_apply(key):
-    cell = cells.lstm(H)
+    cell = _cell("lstm")
     auto = onednn.with_backend(cell, "auto")
     params = _params(cell, key)
     xs = jax.random.normal(key, (T, B, D))
@@ -147,7 +149,7 @@ def test_auto_uses_xla_where_the_kernel_does_not_apply(key):
     assert not _uses_kernel(lambda p: hs(auto, p, xs.astype(jnp.bfloat16)), params)
     assert not _uses_kernel(jax.vmap(lambda x: hs(auto, params, x)), xs[None])
     assert not _uses_kernel(lambda p: hs(onednn.with_backend(cell, "xla"), p, xs), params)
-    tanh = cells.vanilla(H)   # auto leaves the vanilla cell on XLA (faster there)
+    tanh = _cell("tanh")   # auto leaves the vanilla cell on XLA (faster there)
     assert not _uses_kernel(lambda p: hs(onednn.with_backend(tanh, "auto"), p, xs),
                             tanh.init(key, D))
     # Nested differentiation (the kernel's backward has no derivative of its own).
@@ -159,7 +161,25 @@ def test_auto_uses_xla_where_the_kernel_does_not_apply(key):
     _close(hs(auto, params, xs, lengths=lengths), hs(cell, params, xs, lengths=lengths))
 
 
+@needs_kernel
+def test_cells_take_a_backend(key):
+    """cells.lstm/gru default to backend="auto" (oneDNN here); "xla" keeps XLA."""
+    xs = jax.random.normal(key, (T, B, D))
+    for make in (cells.lstm, cells.gru):
+        auto, xla = make(H), make(H, backend="xla")
+        params = auto.init(key, D)
+        assert _uses_kernel(lambda p: jax.grad(_loss, 1)(auto, p, xs), params)
+        assert not _uses_kernel(lambda p: jax.grad(_loss, 1)(xla, p, xs), params)
+        assert not _uses_kernel(lambda p: _loss(make(H, fused=False), p, xs), params)
+    tanh = cells.vanilla(H, backend="onednn")
+    assert _uses_kernel(lambda p: _loss(tanh, p, xs), tanh.init(key, D))
+
+
 def test_backend_errors_name_the_argument():
+    with pytest.raises(ValueError, match="lstm: backend must be one of auto, xla, onednn"):
+        cells.lstm(H, backend="mkl")
+    with pytest.raises(ValueError, match="gru: backend='onednn' computes in float32"):
+        cells.gru(H, dtype=jnp.bfloat16, backend="onednn")
     with pytest.raises(ValueError, match="backend must be one of auto, xla, onednn"):
         onednn.with_backend(cells.lstm(H), "cudnn")
     with pytest.raises(ValueError, match="cell 'mrnn.*' has no oneDNN primitive"):
@@ -210,7 +230,7 @@ def test_missing_compiler_warns_once_and_still_trains(monkeypatch, tmp_path):
     onednn._library.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="oneDNN RNN kernels unavailable, using XLA") as w:
-            losses = _train(onednn.with_backend(cells.gru(H), "auto"))
+            losses = _train(cells.gru(H))   # backend="auto", the default
         assert len(w) == 1 and "\n" not in str(w[0].message)
         assert not onednn.available()
         assert losses[-1] < 0.5 * losses[0]

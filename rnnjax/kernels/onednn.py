@@ -60,6 +60,9 @@ import numpy as np
 from jax import lax
 from jax.interpreters import ad, batching, mlir
 
+from rnnjax import recurrence
+from rnnjax.cell_base import mark_step_equivalent
+
 __all__ = ["BACKENDS", "KINDS", "AUTO_KINDS", "available", "unroll", "core", "with_backend", "uses_onednn",
            "cache_root"]
 
@@ -449,14 +452,13 @@ def with_backend(cell, backend: str = "auto", *, threads: int = 0):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     kind = _kind_of(cell)
-    if backend == "xla":
+    if backend == "xla" or backend == "auto" and kind not in AUTO_KINDS:
         return cell
     if kind is None:
         if backend == "onednn":
             raise ValueError(f"backend='onednn': cell {cell.name!r} has no oneDNN primitive; "
                              f"accepted: lstm, gru, vanilla[{'|'.join(list(KINDS)[:3])}]")
         return cell
-    from rnnjax import recurrence   # late: recurrence builds on the cells
     fallback_cell = cell
 
     def unroll_override(params, xs, *, carry, lengths, reverse, unroll, remat):
@@ -471,7 +473,7 @@ def with_backend(cell, backend: str = "auto", *, threads: int = 0):
     # Marked step-equivalent like the fused unroll (recurrence.unroll drops a stale one),
     # and carrying the fused core, so that fused.with_projection (token-id lookups, which
     # oneDNN cannot take) keeps the fused XLA unroll.
-    unroll_override.steps = (cell.project, cell.recurrent_step)
+    mark_step_equivalent(unroll_override, cell.project, cell.recurrent_step)
     unroll_override.core = getattr(cell.unroll, "core", None)
     unroll_override.backend = backend
     return cell._replace(unroll=unroll_override)
