@@ -135,7 +135,8 @@ def hidden_state_gradients(
     T, B = xs.shape[:2]
     if carry is None:
         carry = cell.initial_carry(params, B)
-    eps = jnp.zeros((T, B, cell.hidden_size), jnp.float32)
+    # In the state's dtype: float64 params (under jax_enable_x64) measure in float64.
+    eps = jnp.zeros((T, B, cell.hidden_size), cell.output(carry).dtype)
     return jax.grad(lambda e: loss_fn(_perturbed_unroll(cell, params, xs, e, carry, perturb)))(eps)
 
 

@@ -57,13 +57,23 @@ def test_hidden_gradients_match_manual_bptt(every_step):
         scored = hs if every_step else hs[-1:]
         return 0.5 * jnp.sum((scored @ w) ** 2)
 
+    expected = _manual_bptt(params, xs, w, every_step)
+    # float64 (as the numpy reference): the two agree to float64 rounding.
+    with jax.enable_x64(True):
+        as64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
+        grads64 = diagnostics.hidden_state_gradients(cell, as64(params), as64(xs), loss_fn)
+        assert grads64.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(grads64), expected, rtol=1e-10, atol=1e-12)
+    # float32: rounding relative to the largest gradient, growing at most with the T
+    # steps it passes through (a margin of 64 units in the last place per step).
     grads = diagnostics.hidden_state_gradients(cell, params, xs, loss_fn)
     chex.assert_shape(grads, (T, B, H))
-    expected = _manual_bptt(params, xs, w, every_step)
-    np.testing.assert_allclose(np.asarray(grads), expected, rtol=1e-4, atol=1e-6)
+    scale = np.abs(expected).max()
+    tol = 64 * T * np.finfo(np.float32).eps * scale
+    np.testing.assert_allclose(np.asarray(grads), expected, rtol=0, atol=tol)
     norms = diagnostics.hidden_gradient_norms(cell, params, xs, loss_fn)
     np.testing.assert_allclose(np.asarray(norms), np.linalg.norm(expected.reshape(T, -1), axis=1),
-                               rtol=1e-4)
+                               rtol=0, atol=np.sqrt(B * H) * tol)
 
 
 @pytest.mark.parametrize("which", ["lstm", "stack"])
