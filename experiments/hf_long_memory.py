@@ -109,7 +109,7 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
         with open(config.results, "a") as f:
             f.write(json.dumps(outcome) + "\n")
     if config.save_params:
-        flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v)
+        flat = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(v)
                 for path, v in jax.tree_util.tree_leaves_with_path(params)}
         np.savez(config.save_params, **flat)
     return outcome

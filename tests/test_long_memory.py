@@ -214,6 +214,20 @@ def test_hf_long_memory_reports_solved_runs_with_their_costs(tmp_path, capsys):
     assert [r["step"] for r in train.read_metrics(str(tmp_path / "w"))][-1] == outcome["updates"]
     assert (tmp_path / "w" / "checkpoints").is_dir()
     assert {"cell/W_hh", "W_hy", "b_y"} <= set(np.load(params).files)
+    # The saved network's gradient flow, plotted beside itself.
+    from experiments import hf_gradient_plot
+    plot = dataclasses.replace(
+        hf_gradient_plot.Config(), params=(str(params), str(params)), labels=("HF", "again"),
+        task="temporal_order", seq_len=10, hidden=16, sequences=50, out=str(tmp_path / "g.png"))
+    summary = hf_gradient_plot.run(plot, None)
+    assert summary["HF"] == summary["again"] and summary["HF"]["grad_norm_last"] > 0
+    assert os.path.getsize(tmp_path / "g.png") > 1000
+    for change, message in [(dict(hidden=8), "W_hy has shape (16, 4), these settings need (8, 4)"),
+                            (dict(cell="lstm"), "it lacks ['cell/b']"),
+                            (dict(labels=("HF",)), "expected one label per params file"),
+                            (dict(params=(str(results), str(params))), "is not a .npz file")]:
+        with pytest.raises(cli.ConfigError, match=re.escape(message)):
+            hf_gradient_plot.run(dataclasses.replace(plot, **change), None)
     for change, message in [(dict(max_minutes=0.0), "max_minutes=0.0 is invalid"),
                             (dict(save_params=str(tmp_path)), "save_params="),
                             (dict(task="copy"), "seq_len=10 is invalid: task copy needs")]:
