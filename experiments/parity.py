@@ -47,7 +47,7 @@ import numpy as np
 from absl import app
 
 from experiments import cli
-from rnnjax import cells, checkpoint, handset, losses, recurrence, sweep, train
+from rnnjax import cells, checkpoint, device, handset, losses, recurrence, sweep, train
 from rnnjax.data import synthetic
 from rnnjax.models import tagger
 from rnnjax.optim import factory
@@ -301,15 +301,6 @@ def train_and_measure_window(config: Config, workdir: str | None, eval_key: jax.
                                      split=k) for L in test_lengths}}
 
 
-def device_summary() -> str:
-    """What ran the computation: backend, devices, matmul precision (TF32 on NVIDIA GPUs)."""
-    devices, backend = jax.devices(), jax.default_backend()
-    precision = jax.config.jax_default_matmul_precision or "default"
-    note = " (TF32 on NVIDIA GPUs)" if backend == "gpu" and precision == "default" else ""
-    return (f"{backend}: {len(devices)} x {devices[0].device_kind}, "
-            f"float32 matmul precision {precision}{note}")
-
-
 def run(config: Config, workdir: str | None) -> dict[str, Any]:
     """Train the models of ``config.models`` and measure them; print the table; write
     ``results.json`` (and each model's ``metrics.jsonl`` in a subdirectory) into ``workdir``."""
@@ -319,7 +310,7 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
         test_lengths = [length] + [length * f for f in config.length_factors]
         eval_key = jax.random.fold_in(jax.random.key(config.seed), 0xE7A1)  # held-out stream
         results: dict[str, Any] = {"train_length": length, "test_lengths": test_lengths,
-                                   "device": device_summary()}
+                                   "device": device.summary()}
         lecture_params = None
         if "rnn" in config.models:
             results["rnn"] = train_and_measure_rnn(config, workdir, eval_key, test_lengths)
