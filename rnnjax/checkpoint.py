@@ -63,13 +63,24 @@ def manager(workdir: str, *, keep: int | None = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _host_value(leaf: Any) -> np.ndarray:
+    """A leaf's whole value on this host; a leaf split over several processes' devices
+    (a multi-process run's per-sequence carry) is gathered, a collective that every
+    process reaches since every process saves and restores."""
+    if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or
+                                            leaf.is_fully_replicated):
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(jax.device_get(leaf))
+
+
 def _host_leaves(state: PyTree) -> list[tuple[str, np.ndarray]]:
     """``[(path, numpy value)]`` of ``state``'s leaves; PRNG keys as their key data."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        out.append((jax.tree_util.keystr(path), np.asarray(jax.device_get(leaf))))
+        out.append((jax.tree_util.keystr(path), _host_value(leaf)))
     return out
 
 

@@ -384,7 +384,8 @@ def run(
     history: list[dict[str, Any]] = []
     restored = None
     if workdir is not None:
-        workdir_safety.check_free(workdir)
+        if jax.process_index() == 0:  # process 0 holds a multi-process run's lock
+            workdir_safety.check_free(workdir)
         os.makedirs(workdir, exist_ok=True)
         manager = ckpt.manager(workdir, keep=keep)
         try:

@@ -67,9 +67,10 @@ def main(config_cls: type, argv: list[str], run_fn: Callable[..., Any] | None = 
     """The entry point of an LM experiment: flags -> checked Config; ``--allocator``
     (re-executes the process once, before the heavy allocations); ``run_fn(config,
     --workdir)`` (default :func:`run`) with one-line errors."""
-    config = cli.from_flags(config_cls, argv)
+    # The allocator re-executes the process: before anything else starts (a multi-process
+    # run's connection to the other processes included).
     allocator.ensure(flags.FLAGS.allocator)
-    cli.call(run_fn or run, config)
+    cli.call(run_fn or run, cli.from_flags(config_cls, argv))
 
 
 # ----------------------------------------------------------------------------- data
@@ -207,7 +208,7 @@ def make_step(model: lm.LanguageModel, config: LMConfig, state: train.TrainState
     mesh = parallel.data_mesh()
     shardings = parallel.train_state_shardings(state, mesh)
     return (parallel.data_parallel_step(step_fn, mesh, batch_axis=1, state_shardings=shardings),
-            jax.device_put(state, shardings))
+            parallel.put(state, shardings))
 
 
 # ----------------------------------------------------------------------------- training
