@@ -72,11 +72,12 @@ def test_a_rerun_resumes_exactly_and_keeps_the_metrics(tmp_path):
 def test_a_diverging_run_is_reported_without_a_crash(tmp_path, capsys):
     """Non-finite losses (logged as "nan") print as nan; the repair keeps the run going."""
     config = tiny(task="addition", optimizer="sgd", learning_rate=1e30, nan_repair=True,
-                  steps=4, eval_every=2, eval_sequences=50, max_bad_steps=100, plots=False)
+                  steps=4, eval_every=2, eval_sequences=50, max_bad_steps=100, plots=False,
+                  progress=True)
     outcome = long_memory.run(config, str(tmp_path / "w"))
     assert outcome["updates"] == 4 and not outcome["solved"]
     assert json.loads((tmp_path / "w" / "results.json").read_text())["updates"] == 4
-    assert "step      4  loss" in capsys.readouterr().out
+    assert "step      4  loss nan  wrong 1.0000  |g| nan" in capsys.readouterr().out
 
 
 def test_sweep_runs_every_variant_and_writes_the_table(tmp_path):
