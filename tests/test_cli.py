@@ -122,3 +122,52 @@ def test_optional_numbers_take_none_on_the_command_line():
     assert _parse("--clip_norm=2").clip_norm == 2.0
     with pytest.raises(flags.IllegalFlagValueError):
         _parse("--clip_norm=abc")
+
+
+def test_an_experiment_stops_before_any_work_on_a_bad_flag(tmp_path):
+    workdir = tmp_path / "never"
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.char_lm", "--optimizer=lbfgs", f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--optimizer=lbfgs" in proc.stderr and "adam" in proc.stderr   # absl's enum check
+    assert not workdir.exists()  # nothing was written: it stopped before any work
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.char_lm", "--steps=0", f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=180, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert proc.returncode != 0 and "--steps=0 is invalid: expected a positive integer" in proc.stderr
+    assert not workdir.exists()
+
+
+def test_helpfull_documents_the_common_flags():
+    proc = subprocess.run([sys.executable, "-m", "experiments.char_lm", "--helpfull"],
+                          capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    for f in dataclasses.fields(cli.TrainConfig):
+        assert f"--{f.name}" in proc.stdout or f"--[no]{f.name}" in proc.stdout, f.name
+    for name in ("workdir", "compilation_cache", "num_processes", "allocator"):
+        assert f"--{name}" in proc.stdout, name
+
+
+def test_checkpoint_every_is_ignored_without_a_workdir(tmp_path):
+    # Without a workdir a run trains without writing files (checkpoint_every has nowhere to go).
+    assert cli.loop_kwargs(Config(checkpoint_every=200), None)["checkpoint_every"] is None
+    assert cli.loop_kwargs(Config(checkpoint_every=200), str(tmp_path))["checkpoint_every"] == 200
+
+
+def test_info_logs_stay_quiet_unless_verbosity_is_given():
+    # Orbax and JAX log every checkpoint and backend probe at INFO: without --verbosity the
+    # experiments show warnings and worse only; --verbosity=0 shows INFO again.
+    from absl import logging as absl_logging
+    before = absl_logging.get_verbosity()
+    try:
+        for argv, level in [([], absl_logging.WARNING), (["--verbosity=0"], absl_logging.INFO)]:
+            absl_logging.set_verbosity(absl_logging.INFO)
+            values = flags.FlagValues()
+            flags.DEFINE_integer("verbosity", -1, "as absl's", flag_values=values)
+            cli.define_flags(Config, values)
+            values(["prog", *argv])
+            cli.from_flags(Config, ["prog"], values)
+            assert absl_logging.get_verbosity() == level
+    finally:
+        absl_logging.set_verbosity(before)

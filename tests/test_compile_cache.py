@@ -8,13 +8,11 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
-from absl import app, flags
-from absl.testing import flagsaver
+from absl import app
 
-from experiments import flags as common
+from experiments import cli
 from rnnjax import compile_cache
 
-FLAGS = flags.FLAGS
 
 
 @pytest.fixture(autouse=True)
@@ -83,18 +81,13 @@ def test_an_unusable_directory_is_named(tmp_path):
 
 
 def test_the_flag_turns_the_cache_on_and_off(tmp_path):
-    if not FLAGS.is_parsed():
-        FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(compilation_cache=str(tmp_path)):
-        common.validate()
-        assert compile_cache.directory() == tmp_path / compile_cache.machine_id()
-    with flagsaver.flagsaver(compilation_cache="none"):
-        common.validate()
-        assert compile_cache.directory() is None
+    cli.apply_compilation_cache(str(tmp_path))
+    assert compile_cache.directory() == tmp_path / compile_cache.machine_id()
+    cli.apply_compilation_cache("none")
+    assert compile_cache.directory() is None
     (tmp_path / "file").write_text("x")
-    with flagsaver.flagsaver(compilation_cache=str(tmp_path / "file")):
-        with pytest.raises(app.UsageError, match="--compilation_cache=.*not a writable directory"):
-            common.validate()
+    with pytest.raises(app.UsageError, match="--compilation_cache=.*not a writable directory"):
+        cli.apply_compilation_cache(str(tmp_path / "file"))
 
 
 RACE_SCRIPT = """
