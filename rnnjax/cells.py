@@ -44,6 +44,7 @@ from rnnjax import initializers as inits
 from rnnjax.cell_base import (ACTIVATION_ALIASES, ACTIVATIONS, Carry, Cell, LSTMCarry, Params,
                               activation as _activation, heaviside, is_step_equivalent,
                               mark_step_equivalent)
+from rnnjax.kernels import onednn as onednn_lib
 
 __all__ = [
     "Cell",
@@ -127,6 +128,22 @@ def _maybe_fused(cell: Cell, fused: bool, kind: str, dtype,
     return fused_lib.attach(cell, kind, activation)
 
 
+def _with_backend(cell: Cell, backend: str, fused: bool, dtype) -> Cell:
+    """Run the unroll on oneDNN's fused RNN primitive (``rnnjax.kernels.onednn``) where
+    ``backend`` says so: ``"auto"`` for float32 fused LSTM and GRU cells on the CPU when
+    the kernel is installed (XLA wherever it does not apply), ``"onednn"`` also for
+    vanilla cells, ``"xla"`` never."""
+    if backend not in onednn_lib.BACKENDS:
+        raise ValueError(f"{cell.name}: backend must be one of "
+                         f"{', '.join(onednn_lib.BACKENDS)}, got {backend!r}")
+    if backend == "onednn" and dtype is not None:
+        raise ValueError(f"{cell.name}: backend='onednn' computes in float32; dtype={dtype} "
+                         "needs backend='xla' (or 'auto')")
+    if backend == "xla" or backend == "auto" and (not fused or dtype is not None):
+        return cell
+    return onednn_lib.with_backend(cell, backend)
+
+
 # ----------------------------------------------------------------------------
 # Vanilla RNN: h_t = phi(W_xh^T x_t + W_hh^T h_{t-1} + b_h)
 # ----------------------------------------------------------------------------
@@ -142,6 +159,7 @@ def vanilla(
     use_bias: bool = True,
     dtype=None,
     fused: bool = True,
+    backend: str = "auto",
 ) -> Cell:
     """The vanilla RNN cell ``h_t = act(x_t W_xh + h_{t-1} W_hh + b_h)``.
 
@@ -158,6 +176,9 @@ def vanilla(
         accumulation stay float32.
       fused: unroll with the hand-written derivatives of ``rnnjax.fused`` (faster on
         CPU; every kind of autodiff works); ``False``: the plain ``lax.scan``.
+      backend: ``"auto"`` (XLA for vanilla cells: faster there), ``"xla"``, or
+        ``"onednn"``: oneDNN's fused RNN primitive on the CPU (tanh, relu, logistic;
+        ``rnnjax.kernels.onednn``, the ``onednn`` extra).
 
     Params: ``W_xh`` [D, H], ``W_hh`` [H, H], ``b_h`` [H], and ``h0`` [H] if learned.
     """
@@ -193,7 +214,8 @@ def vanilla(
         return h, h
 
     cell = Cell(name, hidden_size, init, initial_carry, project, recurrent_step, lambda h: h)
-    return _maybe_fused(cell, fused, "vanilla", dtype, ACTIVATION_ALIASES.get(activation, activation))
+    cell = _maybe_fused(cell, fused, "vanilla", dtype, ACTIVATION_ALIASES.get(activation, activation))
+    return _with_backend(cell, backend, fused, dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -210,12 +232,18 @@ def lstm(
     spectral_radius: float | None = None,
     dtype=None,
     fused: bool = True,
+    backend: str = "auto",
 ) -> Cell:
     """LSTM cell; carry ``LSTMCarry(c, h)``.
 
     ``i, f, g, o = split(x W_xh + h W_hh + b)``; ``c = sigmoid(f) c + sigmoid(i) tanh(g)``;
     ``h = sigmoid(o) tanh(c)``. The forget-gate bias starts at ``forget_bias``
     (1.0, Gers et al. 2000 / Jozefowicz et al. 2015) so that memory is kept early on.
+
+    ``backend``: ``"auto"`` runs ``recurrence.unroll`` on oneDNN's fused LSTM primitive
+    on the CPU when the ``onednn`` extra is installed and the call allows it (float32,
+    no ``lengths``, no ``remat``; see ``rnnjax.kernels.onednn``), else on XLA;
+    ``"xla"`` or ``"onednn"`` choose. ``fused``, ``dtype`` as in :func:`vanilla`.
 
     Params: ``W_xh`` [D, 4H], ``W_hh`` [H, 4H], ``b`` [4H]; ``h0``, ``c0`` [H] if learned.
     """
@@ -253,7 +281,7 @@ def lstm(
         return LSTMCarry(c, h), h
 
     cell = Cell("lstm", H, init, initial_carry, project, recurrent_step, lambda carry: carry.h)
-    return _maybe_fused(cell, fused, "lstm", dtype)
+    return _with_backend(_maybe_fused(cell, fused, "lstm", dtype), backend, fused, dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -271,6 +299,7 @@ def gru(
     spectral_radius: float | None = None,
     dtype=None,
     fused: bool = True,
+    backend: str = "auto",
 ) -> Cell:
     """GRU cell.
 
@@ -280,6 +309,9 @@ def gru(
     ``update_bias`` initialises the update gate's bias: a positive value (like the
     LSTM's forget bias) starts the GRU copying its state forward, which keeps the
     gradient from vanishing at initialisation on long sequences.
+
+    ``backend``: as for :func:`lstm` (oneDNN's linear-before-reset GRU primitive, the
+    same equations).
 
     Params: ``W_xh`` [D, 3H], ``b_x`` [3H], ``W_hh`` [H, 3H], ``b_hn`` [H]; ``h0`` if learned.
     """
@@ -319,7 +351,7 @@ def gru(
         return h, h
 
     cell = Cell("gru", H, init, initial_carry, project, recurrent_step, lambda h: h)
-    return _maybe_fused(cell, fused, "gru", dtype)
+    return _with_backend(_maybe_fused(cell, fused, "gru", dtype), backend, fused, dtype)
 
 
 # ----------------------------------------------------------------------------
