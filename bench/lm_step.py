@@ -10,7 +10,8 @@ Columns:
   torch        PyTorch's nn.RNN / nn.LSTM / nn.GRU + nn.Linear, torch.optim.Adam.
   flax         flax.linen nn.RNN(SimpleCell / LSTMCell / GRUCell) + nn.Dense, optax.adam.
   rnnjax_scan  rnnjax's generic lax.scan (cells.X(..., fused=False)), jax.grad through it.
-  rnnjax       rnnjax's default cells (rnnjax.fused, custom-JVP mode: all autodiff works).
+  rnnjax       rnnjax's fused XLA cells (rnnjax.fused, custom JVP: all autodiff works;
+               backend="xla", since the cells' default "auto" is oneDNN's where installed).
   rnnjax_onednn  rnnjax's cells on oneDNN's fused RNN primitives (rnnjax.kernels.onednn,
                backend="onednn"; needs the onednn extra and a C++ compiler), XLA around
                them. It takes dense inputs: one-hot vectors also with --input=ids.
@@ -180,9 +181,10 @@ def build_jax(framework: str, cell_name: str, cfg: dict):
     else:
         from rnnjax import cells, recurrence
         fused = framework != "rnnjax_scan"
-        cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused),
-                "lstm": lambda: cells.lstm(H, fused=fused),
-                "gru": lambda: cells.gru(H, fused=fused)}[cell_name]()
+        # XLA's unrolls; the oneDNN column wraps the same cell below (with its threads)
+        cell = {"tanh": lambda: cells.vanilla(H, "tanh", fused=fused, backend="xla"),
+                "lstm": lambda: cells.lstm(H, fused=fused, backend="xla"),
+                "gru": lambda: cells.gru(H, fused=fused, backend="xla")}[cell_name]()
         ids = cfg["input"] == "ids" and framework != "rnnjax_onednn"  # oneDNN: dense inputs
         if framework == "rnnjax_onednn":
             from rnnjax.kernels import onednn
