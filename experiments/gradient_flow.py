@@ -1,4 +1,4 @@
-"""Gradient flow at initialisation for several cells and initialisations.
+r"""Gradient flow at initialisation for several cells and initialisations.
 
 For each configuration, builds a cell with a linear readout at every step
 (:mod:`rnnjax.models.tagger`, the model of ``experiments.long_memory``) with fresh

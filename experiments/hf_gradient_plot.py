@@ -1,4 +1,4 @@
-"""Per-step gradient norms ‖∂L/∂h_t‖ of trained networks, side by side (a plot).
+r"""Per-step gradient norms ‖∂L/∂h_t‖ of trained networks, side by side (a plot).
 
 Loads params saved by ``experiments.hf_long_memory --save_params=...`` (for
 example the tanh RNN that HF found and the one Adam found) and plots, for each,
@@ -55,7 +55,7 @@ class Config:
                                   f"(params={self.params!r})")
         for path in self.params:
             if not os.path.isfile(path) or not zipfile.is_zipfile(path):
-                raise cli.ConfigError("params", self.params, f"{path!r} is not a .npz file")
+                raise cli.ConfigError("params", path, "expected a .npz file of saved params")
         task = synthetic.get(self.task)
         if self.seq_len < task.min_seq_len:
             raise cli.ConfigError("seq_len", self.seq_len, f"task {task.name} needs an integer "

@@ -1,4 +1,4 @@
-"""Long-term-dependency problems: Hessian-free against first-order optimizers.
+r"""Long-term-dependency problems: Hessian-free against first-order optimizers.
 
 Trains one network on one problem of :mod:`rnnjax.data.synthetic` until it is
 solved (under 1% of 10,000 fresh sequences wrong, Pascanu et al. 2013), or until

@@ -1,4 +1,4 @@
-"""Train a cell on a long-term-dependency problem, with remedies, and diagnose its gradients.
+r"""Train a cell on a long-term-dependency problem, with remedies, and diagnose its gradients.
 
 Trains one network (a cell unrolled over the inputs, a linear readout at every
 step: :mod:`rnnjax.models.tagger`; the task's mask scores only the steps that

@@ -226,7 +226,7 @@ def test_hf_long_memory_reports_solved_runs_with_their_costs(tmp_path, capsys):
     for change, message in [(dict(hidden=8), "W_hy has shape (16, 4), these settings need (8, 4)"),
                             (dict(cell="lstm"), "it lacks ['cell/b']"),
                             (dict(labels=("HF",)), "expected one label per params file"),
-                            (dict(params=(str(results), str(params))), "is not a .npz file")]:
+                            (dict(params=(str(results), str(params))), "expected a .npz file")]:
         with pytest.raises(cli.ConfigError, match=re.escape(message)):
             hf_gradient_plot.run(dataclasses.replace(plot, **change), None)
     for change, message in [(dict(max_minutes=0.0), "max_minutes=0.0 is invalid"),
