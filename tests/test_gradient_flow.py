@@ -15,9 +15,10 @@ from experiments import cli, gradient_flow
 
 def test_run_measures_every_configuration_inside_the_workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything written outside the workdir would land here
-    config = gradient_flow.Config(seq_len=10, hidden=8, batch=4)
+    (tmp_path / "plots").mkdir()
+    config = gradient_flow.Config(seq_len=10, hidden=8, batch=4, out="plots/flow.png")
     results = gradient_flow.run(config, "w")
-    assert sorted(os.listdir(tmp_path)) == ["w"]
+    assert sorted(os.listdir(tmp_path)) == ["plots", "w"]
     assert os.path.getsize(tmp_path / "w" / "gradient_vs_lag_init.png") > 1000
     table = (tmp_path / "w" / "gradient_vs_lag_init.md").read_text()
     assert table == results["table"] and table.count("\n") == 2 + len(gradient_flow.CONFIGS)
@@ -27,11 +28,9 @@ def test_run_measures_every_configuration_inside_the_workdir(tmp_path, monkeypat
     # A smaller spectral radius makes the gradient fade faster going back in time.
     assert rows["tanh, ρ=0.5"]["rate_per_step"] < rows["tanh, ρ=3"]["rate_per_step"]
     assert len(saved["norms"]["LSTM"]) == 10
-    # --out writes the same plot and table to that file too.
-    out = tmp_path / "plots" / "flow.png"
-    out.parent.mkdir()
-    gradient_flow.run(dataclasses.replace(config, out=str(out)), None)
-    assert out.exists() and (tmp_path / "plots" / "flow.md").read_text() == table
+    # --out gets the same plot and table.
+    assert sorted(os.listdir(tmp_path / "plots")) == ["flow.md", "flow.png"]
+    assert (tmp_path / "plots" / "flow.md").read_text() == table
 
 
 @pytest.mark.parametrize("change,message", [
