@@ -71,20 +71,25 @@ class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
 
 
 def _check_output_path(name: str, path: str | None) -> None:
-    """Refuse an output file that cannot be written, before any work."""
+    """ConfigError unless ``path`` is a file that can be written (found before any work;
+    nothing is created)."""
     if path is None:
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "it is a directory")
-        os.makedirs(parent, exist_ok=True)
-        if not os.access(parent, os.W_OK) or (os.path.exists(path)
-                                              and not os.access(path, os.W_OK)):
-            raise PermissionError(13, "permission denied")
-    except OSError as e:
-        raise cli.ConfigError(name, path, f"expected a file that can be written ({e.strerror or e})"
-                              ) from None
+    if os.path.isdir(path):
+        raise cli.ConfigError(name, path, "expected a file name, not a directory")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise cli.ConfigError(name, path, f"expected a file that can be written ({probe!r} "
+                              "is not a writable directory)")
+
+
+def _append_line(path: str, record: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _number(x: Any) -> float:
@@ -106,11 +111,11 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
         if workdir:
             checkpoint.save_json(workdir, "results", outcome)
     if config.results:
-        with open(config.results, "a") as f:
-            f.write(json.dumps(outcome) + "\n")
+        _append_line(config.results, outcome)
     if config.save_params:
         flat = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(v)
                 for path, v in jax.tree_util.tree_leaves_with_path(params)}
+        os.makedirs(os.path.dirname(os.path.abspath(config.save_params)), exist_ok=True)
         np.savez(config.save_params, **flat)
     return outcome
 

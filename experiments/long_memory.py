@@ -278,23 +278,26 @@ def _repaired_steps(history: list[dict[str, Any]]) -> int:
 
 
 def _check_output_path(name: str, path: str | None) -> None:
-    """Refuse an output file that cannot be written, before any work."""
+    """ConfigError unless ``path`` is a file that can be written (found before any work;
+    nothing is created)."""
     if path is None:
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        if os.path.isdir(path):
-            raise IsADirectoryError(21, "it is a directory")
-        os.makedirs(parent, exist_ok=True)
-        if not os.access(parent, os.W_OK) or (os.path.exists(path)
-                                              and not os.access(path, os.W_OK)):
-            raise PermissionError(13, "permission denied")
-    except OSError as e:
-        raise cli.ConfigError(name, path, f"expected a file that can be written ({e.strerror or e})"
-                              ) from None
+    if os.path.isdir(path):
+        raise cli.ConfigError(name, path, "expected a file name, not a directory")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise cli.ConfigError(name, path, f"expected a file that can be written ({probe!r} "
+                              "is not a writable directory)")
 
 
-# ----------------------------------------------------------------------------- run
+def _append_line(path: str, record: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
 
 def run(config: Config, workdir: str | None) -> dict[str, Any]:
     """Train and diagnose as ``config`` says (a sweep when ``config.lengths`` is set);
@@ -306,8 +309,7 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
     with cli.workdir_session(workdir, config):
         outcome = train_and_diagnose(config, workdir)
     if config.results:
-        with open(config.results, "a") as f:
-            f.write(json.dumps(outcome) + "\n")
+        _append_line(config.results, outcome)
     return outcome
 
 

@@ -178,9 +178,12 @@ def test_bad_settings_are_refused_before_any_work(change, message, tmp_path):
 
 
 def test_a_results_path_that_cannot_be_written_is_refused_first(tmp_path):
-    with pytest.raises(cli.ConfigError, match="results=.* is invalid: expected a file that can be written"):
-        long_memory.run(tiny(results=str(tmp_path)), str(tmp_path / "w"))
-    assert not (tmp_path / "w").exists()
+    (tmp_path / "file.txt").write_text("")
+    for path, message in [(tmp_path, "expected a file name, not a directory"),
+                          (tmp_path / "file.txt" / "r.jsonl", "is not a writable directory")]:
+        with pytest.raises(cli.ConfigError, match=f"results=.* is invalid: .*{message}"):
+            long_memory.run(tiny(results=str(path)), str(tmp_path / "w"))
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
 
 
 def test_flags_give_the_same_errors_naming_the_flag():
