@@ -67,6 +67,10 @@ class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
         if self.seq_len < task.min_seq_len:
             raise cli.ConfigError("seq_len", self.seq_len, f"task {task.name} needs an integer "
                                   f">= {task.min_seq_len}")
+        if self.optimizer == "hf" and self.clip_norm is not None:
+            raise cli.ConfigError("clip_norm", self.clip_norm, "a first-order remedy: leave it "
+                                  "unset with optimizer=hf (its damping and line search bound "
+                                  "the step)")
         super().check()
 
 

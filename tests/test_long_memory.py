@@ -234,7 +234,8 @@ def test_hf_long_memory_reports_solved_runs_with_their_costs(tmp_path, capsys):
             hf_gradient_plot.run(dataclasses.replace(plot, **change), None)
     for change, message in [(dict(max_minutes=0.0), "max_minutes=0.0 is invalid"),
                             (dict(save_params=str(tmp_path)), "save_params="),
-                            (dict(task="copy"), "seq_len=10 is invalid: task copy needs")]:
+                            (dict(task="copy"), "seq_len=10 is invalid: task copy needs"),
+                            (dict(clip_norm=1.0), "clip_norm=1.0 is invalid: a first-order")]:
         with pytest.raises(cli.ConfigError, match=re.escape(message)):
             hf_long_memory.run(dataclasses.replace(config, **change), str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
