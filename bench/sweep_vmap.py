@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from rnnjax import cells, losses, optimizers, recurrence, sweep, train
+from rnnjax import cells, losses, optim, recurrence, sweep, train
 from rnnjax.data import synthetic
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,7 @@ flags.DEFINE_string("cell", "tanh", "Cell name.")
 
 def build(hidden: int, cell_name: str):
     cell = cells.by_name(cell_name, hidden)
-    opt = optimizers.make("adam", 1e-3)
+    opt = optim.make("adam", 1e-3)
 
     def loss_fn(params, batch, key):
         _, hs = recurrence.unroll(cell, params["cell"], batch.inputs)
@@ -45,7 +45,7 @@ def build(hidden: int, cell_name: str):
         params = {"cell": cell.init(k1, 1), "W_hy": 0.1 * jax.random.normal(k2, (hidden, 2)),
                   "b_y": jnp.zeros(2)}
         state = train.init_state(params, opt, rng=key)
-        return state._replace(opt_state=optimizers.with_learning_rate(state.opt_state, lr))
+        return state._replace(opt_state=optim.with_learning_rate(state.opt_state, lr))
 
     return init_one, train.make_train_step(loss_fn, opt, clip_norm=1.0)
 

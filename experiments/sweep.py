@@ -66,7 +66,7 @@ from rnnjax import study as studies
 from rnnjax import sweep as rsweep
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NOT_EXPERIMENTS = ("__init__", "cli", "sweep", "hf_config", "flags", "hf_flags")
+NOT_EXPERIMENTS = ("__init__", "cli", "sweep", "hf_config")
 
 
 def experiment_names() -> list[str]:

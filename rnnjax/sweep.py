@@ -7,10 +7,10 @@ ordinary :class:`rnnjax.train.TrainState` with a leading axis ``[N, ...]`` on
 every leaf, so it goes through the same loop, checkpoints and metrics file as
 a single run (its metrics are logged as lists of N values).
 
-    opt = optimizers.make("adam", 1e-3)          # the rate lives in the state
+    opt = optim.make("adam", 1e-3)          # the rate lives in the state
     def init_one(key, lr):
         state = train.init_state(init_params(key), opt, rng=key)
-        return state._replace(opt_state=optimizers.with_learning_rate(state.opt_state, lr))
+        return state._replace(opt_state=optim.with_learning_rate(state.opt_state, lr))
     states = sweep.init_many(init_one, jax.random.split(key, 6), jnp.array([1e-3, 3e-3] * 3))
     step = sweep.vmap_step(train.make_train_step(loss_fn, opt))   # same batch for all
     states, history = train.run(workdir, states, step, batch_fn, steps=1000)

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from rnnjax import checkpoint, optimizers, train
+from rnnjax import checkpoint, optim, train
 
 
 def make_state(hidden=4, seed=0):
     key = jax.random.key(seed)
     params = {"W_hh": jax.random.normal(key, (hidden, hidden)), "b_h": jnp.zeros(hidden)}
-    opt = optimizers.make("adam", 1e-3)
+    opt = optim.make("adam", 1e-3)
     return train.init_state(params, opt, rng=jax.random.key(seed + 1), extra=jnp.ones((2, hidden)))
 
 
@@ -96,8 +96,8 @@ def test_json_side_files(tmp_path):
 
 def test_optax_states_of_every_optimizer_round_trip(tmp_path):
     params = {"w": jnp.arange(3.0)}
-    for i, name in enumerate(optimizers.OPTIMIZERS + ("plain_optax",)):
-        opt = optax.adamw(1e-3) if name == "plain_optax" else optimizers.make(name, 0.1)
+    for i, name in enumerate(optim.OPTIMIZERS + ("plain_optax",)):
+        opt = optax.adamw(1e-3) if name == "plain_optax" else optim.make(name, 0.1)
         state = train.init_state(params, opt, seed=i)
         _, opt_state = opt.update(params, state.opt_state, params)  # non-trivial moments
         state = state._replace(opt_state=opt_state)

@@ -141,11 +141,10 @@ def test_without_repair_a_nan_step_is_skipped_and_totals_roll_back():
     assert int(metrics["total_clipped"]) == 1  # the skipped step is not counted
 
 
-def test_the_temporary_remedies_step_keeps_its_metrics():
-    from rnnjax import remedies  # TEMPORARY re-export, until the experiments move
-
+def test_the_train_step_with_both_remedies_keeps_their_metrics():
     opt = optim.make("sgd", 0.1)
-    step = jax.jit(remedies.make_train_step(loss_fn, opt, clip_norm=1.0, nan_repair=True))
+    step = jax.jit(train.make_train_step(loss_fn, opt, clip_norm=1.0, nan_repair=True,
+                                         param_norms=True))
     _, metrics = step(train.init_state(PARAMS, opt, seed=0), batch(0, poison=True))
     assert float(metrics["repaired"]) == 1.0
     assert {"grad_norm/W_hh", "grad_norm/b"} <= set(metrics)

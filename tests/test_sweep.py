@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnjax import cells, losses, optimizers, recurrence, sweep, train
+from rnnjax import cells, losses, optim, recurrence, sweep, train
 from rnnjax.data import synthetic
 
 CELL = cells.vanilla(6, "tanh")
 TASK = synthetic.get("parity")
-OPT = optimizers.make("adam", 1e-3)  # the rate is replaced per member
+OPT = optim.make("adam", 1e-3)  # the rate is replaced per member
 
 
 def init_params(key):
@@ -34,7 +34,7 @@ def loss_fn(params, batch, key):
 
 def init_one(key, learning_rate):
     state = train.init_state(init_params(key), OPT, rng=key)
-    return state._replace(opt_state=optimizers.with_learning_rate(state.opt_state, learning_rate))
+    return state._replace(opt_state=optim.with_learning_rate(state.opt_state, learning_rate))
 
 
 def batch_fn(step):
@@ -65,7 +65,7 @@ def test_vmapped_sweep_equals_runs_one_by_one():
         chex.assert_trees_all_close(got.params, state.params, rtol=1e-5, atol=1e-6)
         # The last record is the mean loss of steps 9..12.
         np.testing.assert_allclose(history[-1]["loss"][i], np.mean(step_losses[-4:]), rtol=1e-5)
-        assert float(optimizers.learning_rate_of(got.opt_state)) == pytest.approx(float(RATES[i]))
+        assert float(optim.learning_rate_of(got.opt_state)) == pytest.approx(float(RATES[i]))
     # The members really differ: different seeds or rates give different params.
     assert not np.allclose(sweep.member(stacked, 0).params["W_hy"], sweep.member(stacked, 1).params["W_hy"])
 
@@ -101,7 +101,7 @@ def test_helpers():
 
 SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from rnnjax import cells, losses, optimizers, parallel, recurrence, train
+    from rnnjax import cells, losses, optim, parallel, recurrence, train
     from rnnjax.data import synthetic
     assert jax.device_count() == 4, jax.devices()
     cell = cells.gru(8)
@@ -113,7 +113,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
     k1, k2 = jax.random.split(jax.random.key(0))
     params = {"cell": cell.init(k1, 1), "W": 0.3 * jax.random.normal(k2, (8, 2))}
-    opt = optimizers.make("adam", 3e-2)
+    opt = optim.make("adam", 3e-2)
     step_fn = train.make_train_step(loss_fn, opt, clip_norm=1.0)
     batch_fn = lambda s: task.generate(jax.random.fold_in(jax.random.key(1), s), 32, 10)
     single, single_hist = train.run(None, train.init_state(params, opt, seed=0), step_fn,

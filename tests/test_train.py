@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from rnnjax import checkpoint, optimizers, train
+from rnnjax import checkpoint, optim, train
 
 TRUE_W = jnp.array([1.0, -2.0, 0.5])
 
@@ -68,7 +68,7 @@ def test_train_step_is_pure():
 
 
 def test_training_learns_a_linear_map():
-    opt = optimizers.make("adam", 0.1)
+    opt = optim.make("adam", 0.1)
     step_fn = jax.jit(train.make_train_step(loss_fn, opt))
     state = fresh_state(opt)
     first = None
@@ -157,7 +157,7 @@ def test_metrics_file_has_step_and_loss_and_eval(tmp_path):
 
 
 def _run_to(workdir, steps, crash_at=None):
-    opt = optimizers.make("adam", 0.05, schedule="cosine", steps=60)
+    opt = optim.make("adam", 0.05, schedule="cosine", steps=60)
     step_fn = train.make_train_step(loss_fn, opt, clip_norm=5.0)
 
     def maybe_crashing_batch_fn(step):
@@ -268,40 +268,40 @@ def test_run_rejects_bad_arguments(tmp_path):
 def test_optimizers_and_schedules_by_name():
     params = {"w": jnp.ones(2)}
     grads = {"w": jnp.ones(2)}
-    for name in optimizers.OPTIMIZERS:
-        opt = optimizers.make(name, 0.1)
+    for name in optim.OPTIMIZERS:
+        opt = optim.make(name, 0.1)
         updates, _ = opt.update(grads, opt.init(params), params)
         assert float(updates["w"][0]) < 0, name  # a descent direction
-    for schedule in optimizers.SCHEDULES:
-        opt = optimizers.make("momentum", 0.1, schedule=schedule, steps=10, warmup_steps=2)
+    for schedule in optim.SCHEDULES:
+        opt = optim.make("momentum", 0.1, schedule=schedule, steps=10, warmup_steps=2)
         updates, _ = opt.update(grads, opt.init(params), params)
         assert bool(jnp.all(jnp.isfinite(updates["w"]))), schedule
-    opt = optimizers.make("sgd", 0.1, schedule="warmup_cosine", steps=10, warmup_steps=2)
+    opt = optim.make("sgd", 0.1, schedule="warmup_cosine", steps=10, warmup_steps=2)
     state = opt.init(params)
     rates = []
     for _ in range(10):
         updates, state = opt.update(grads, state, params)
         rates.append(-float(updates["w"][0]))
     assert rates[0] == 0.0 and max(rates) == pytest.approx(0.1) and rates[-1] < 0.02
-    state = optimizers.with_learning_rate(opt.init(params), 0.3)
-    assert float(optimizers.learning_rate_of(state)) == pytest.approx(0.3)
+    state = optim.with_learning_rate(opt.init(params), 0.3)
+    assert float(optim.learning_rate_of(state)) == pytest.approx(0.3)
     with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'.*adam"):
-        optimizers.make("lbfgs", 0.1)
+        optim.make("lbfgs", 0.1)
     with pytest.raises(ValueError, match="unknown learning-rate schedule"):
-        optimizers.make("sgd", 0.1, schedule="linear")
+        optim.make("sgd", 0.1, schedule="linear")
 
 
 def test_step_schedule_holds_the_peak_until_decay_begin():
     """Zaremba et al.'s schedule: the peak rate for decay_begin steps, then halved
     every decay_steps."""
-    shape = optimizers.schedule_shape("step", decay_rate=0.5, decay_steps=3, decay_begin=4)
+    shape = optim.schedule_shape("step", decay_rate=0.5, decay_steps=3, decay_begin=4)
     assert [float(shape(t)) for t in range(12)] == [1, 1, 1, 1, 1, 1, 1, .5, .5, .5, .25, .25]
     with pytest.raises(ValueError, match="decay_begin must be >= 0"):
-        optimizers.schedule_shape("step", decay_steps=3, decay_begin=-1)
+        optim.schedule_shape("step", decay_steps=3, decay_begin=-1)
 
 
 def test_anneal_on_plateau_lowers_the_rate_only_after_evaluations_that_do_not_improve(tmp_path):
-    opt = optimizers.make("sgd", 0.8)
+    opt = optim.make("sgd", 0.8)
     valid = iter([3.0, 2.0, 2.5, 1.0, 1.0])  # improves, improves, worse, improves, equal
     rates = []
 
@@ -310,18 +310,18 @@ def test_anneal_on_plateau_lowers_the_rate_only_after_evaluations_that_do_not_im
 
     def after_eval(state, history):
         state = hook(state, history)
-        rates.append(float(optimizers.learning_rate_of(state.opt_state)))
+        rates.append(float(optim.learning_rate_of(state.opt_state)))
         return state
 
-    hook = optimizers.anneal_on_plateau("eval_loss", 0.25)
+    hook = optim.anneal_on_plateau("eval_loss", 0.25)
     state, _ = train.run(str(tmp_path), fresh_state(opt), train.make_train_step(loss_fn, opt),
                          batch_fn, steps=25, eval_fn=eval_fn, eval_every=5,
                          after_eval=after_eval, checkpoint_every=5, progress=False)
     assert rates == pytest.approx([0.8, 0.8, 0.2, 0.2, 0.05])
     restored = checkpoint.restore(str(tmp_path), fresh_state(opt))  # the rate is checkpointed
-    assert float(optimizers.learning_rate_of(restored.opt_state)) == pytest.approx(0.05)
+    assert float(optim.learning_rate_of(restored.opt_state)) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="factor must be in"):
-        optimizers.anneal_on_plateau("eval_loss", 0.0)
+        optim.anneal_on_plateau("eval_loss", 0.0)
 
 
 def test_stop_fn_ends_the_run_with_a_record_and_a_checkpoint(tmp_path):
