@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 BUILD_BOTH_INPUTS = """
 import json
@@ -31,6 +32,37 @@ def test_token_ids_train_like_one_hot_vectors():
     losses = json.loads(out.strip().splitlines()[-1])
     np.testing.assert_allclose(losses["ids"], losses["onehot"], rtol=1e-5)
     assert losses["ids"][-1] < losses["ids"][0], "did not train"
+
+
+ONEDNN_LIKE_XLA = """
+import json, warnings
+from bench import lm_step
+from rnnjax.kernels import onednn
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    if not onednn.available():
+        print(json.dumps(None))
+        raise SystemExit
+tiny = dict(B=4, T=6, H=8, V=11, E=5, lr=1e-2, unroll={}, opt_level=None, torch_device="cpu",
+            input="ids")
+losses = {}
+for fw in ("rnnjax", "rnnjax_onednn"):
+    _, step = lm_step.build_jax(fw, "gru", tiny)
+    losses[fw] = [step() for _ in range(3)]
+print(json.dumps(losses))
+"""
+
+
+def test_onednn_column_trains_like_the_xla_column():
+    """rnnjax_onednn (oneDNN's GRU primitive, fed one-hot vectors even with --input=ids)
+    computes the same model as the rnnjax column: three Adam steps, same losses."""
+    out = subprocess.run([sys.executable, "-c", ONEDNN_LIKE_XLA], capture_output=True,
+                         text=True, check=True).stdout
+    losses = json.loads(out.strip().splitlines()[-1])
+    if losses is None:
+        pytest.skip("oneDNN kernel unavailable")
+    np.testing.assert_allclose(losses["rnnjax_onednn"], losses["rnnjax"], rtol=1e-4)
+    assert losses["rnnjax_onednn"][-1] < losses["rnnjax_onednn"][0], "did not train"
 
 
 def test_cli_prints_a_row_per_model():

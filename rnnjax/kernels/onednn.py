@@ -468,6 +468,9 @@ def with_backend(cell, backend: str = "auto", *, threads: int = 0):
                                  reverse=reverse, unroll=unroll, remat=remat)
 
     def unroll_onednn(params, xs, carry, reverse):
+        # The primitive never calls cell.project: trace it for its argument checks (the
+        # input size named in the cell's own words), at no run-time cost.
+        jax.eval_shape(cell.project, params, xs)
         return globals()["unroll"](kind, params, xs, carry, reverse=reverse, threads=threads)
 
     # Marked step-equivalent like the fused unroll (recurrence.unroll drops a stale one),
