@@ -411,9 +411,11 @@ def uses_onednn(backend: str, kind: str | None, params, xs, carry, lengths=None,
     """Whether ``backend`` runs this unroll on oneDNN.
 
     ``"xla"``: never. ``"auto"``: for the kinds in ``AUTO_KINDS`` (LSTM, GRU) when the
-    kernel is available, JAX runs on the CPU, there are no ``lengths``, no ``remat``,
-    every input is float32 and no vmap or nested differentiation is tracing it. ``"onednn"``: the
-    same, but a request it cannot serve is an error (a missing kernel only warns).
+    kernel is available, JAX runs on the CPU on one device (with several, a batch split
+    over them would be gathered for the custom call), there are no ``lengths``, no
+    ``remat``, every input is float32 and no vmap or nested differentiation traces it.
+    ``"onednn"``: also vanilla cells, several devices, vmap; a request it cannot serve
+    at all is an error (a missing kernel only warns).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -434,9 +436,14 @@ def uses_onednn(backend: str, kind: str | None, params, xs, carry, lengths=None,
         reasons.append(f"inputs must be [T, B, D], got shape {tuple(xs.shape)}")
     if jax.default_backend() != "cpu":
         reasons.append(f"JAX runs on {jax.default_backend()}, oneDNN only on the CPU")
+    elif 0 in xs.shape:
+        reasons.append(f"inputs of shape {tuple(xs.shape)} are empty")
     if reasons and backend == "onednn":
         raise ValueError(f"backend='onednn': {'; '.join(reasons)}; use backend='auto' or 'xla'")
-    if reasons or (backend == "auto" and _tracer_blocks_onednn((params, xs, carry))):
+    # Under auto, also XLA for vmap / nested autodiff, and with several devices: XLA's
+    # partitioner would gather a split batch to run the custom call whole on each device.
+    if reasons or (backend == "auto" and (jax.device_count() > 1
+                                          or _tracer_blocks_onednn((params, xs, carry)))):
         return False
     return _library() is not None
 
