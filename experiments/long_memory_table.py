@@ -87,6 +87,9 @@ class Config:
     hf_curvature_batch: int = cli.field(1_000, "HF: fresh sequences for the curvature products "
                                         "and, separately, for backtracking and line search.",
                                         check=cli.positive)
+    hf_score_on: str = cli.field("separate", "HF: where backtracking, rho and the line search "
+                                 "score the loss: a separate fresh batch (the paper) or the "
+                                 "gradient batch.", choices=("separate", "gradient"))
     cg_iters: int = cli.field(300, "HF: cap on CG iterations per update.", check=cli.positive)
     hf_lambda: float = cli.field(1.0, "HF: initial damping lambda.", check=cli.positive)
     hidden: int = cli.field(100, "Hidden units of hf, hf_sd, adam_clip and lstm_adam "
@@ -189,9 +192,11 @@ def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dic
 
         def batch_fn(step):
             k = jax.random.fold_in(data_key, step)
-            return (task.generate(jax.random.fold_in(k, 0), protocol.gradient_batch, T),
-                    task.generate(jax.random.fold_in(k, 1), protocol.curvature_batch, T),
-                    task.generate(jax.random.fold_in(k, 2), protocol.eval_batch, T))
+            grad = task.generate(jax.random.fold_in(k, 0), protocol.gradient_batch, T)
+            curv = task.generate(jax.random.fold_in(k, 1), protocol.curvature_batch, T)
+            if config.hf_score_on == "gradient":
+                return grad, curv, grad
+            return grad, curv, task.generate(jax.random.fold_in(k, 2), protocol.eval_batch, T)
         eval_every = max(1, config.eval_every // 20)
     else:
         state, step_fn = _first_order(method, task, model, net, params, config, seed)
@@ -236,6 +241,7 @@ def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dic
                                gradient_batch=protocol.gradient_batch,
                                curvature_batch=protocol.curvature_batch,
                                cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
+                               score_on=config.hf_score_on,
                                hidden=config.hidden))
     else:
         row.update(grad_evals=updates, curvature_products=0, loss_evals=0,
