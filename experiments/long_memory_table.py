@@ -271,20 +271,20 @@ def read_rows(path: str) -> list[dict]:
 
 
 def plot_success(rows: list[dict], path: str) -> None:
-    """Fraction of rows solved against T, one line per method (all problems pooled)."""
+    """Fraction of rows solved against T, one line per method and tag (problems pooled)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method in METHODS:
-        mine = [r for r in rows if r["method"] == method]
+    groups = sorted({(r["method"], r.get("tag", "")) for r in rows},
+                    key=lambda g: (METHODS.index(g[0]) if g[0] in METHODS else 99, g[1]))
+    for method, tag in groups:  # one line per method and tag (a tag is a budget or protocol)
+        mine = [r for r in rows if r["method"] == method and r.get("tag", "") == tag]
         lengths = sorted({int(r["T"]) for r in mine})
-        if not lengths:
-            continue
         solved = [np.mean([r["solved"] for r in mine if int(r["T"]) == T]) for T in lengths]
         counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
-        ax.plot(lengths, solved, "o-", label=method)
+        ax.plot(lengths, solved, "o-", label=f"{method} {tag}".strip())
         for T, y, n in zip(lengths, solved, counts):
             ax.annotate(str(n), (T, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel("T (nominal sequence length)")
