@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -483,6 +484,29 @@ def workdir_session(workdir: str | None, config: Any):
             getattr(config, "RESUMABLE", ())))
         workdir_lib.save_config(workdir, as_dict(config))
         yield
+
+
+def check_output_file(name: str, path: str | None) -> None:
+    """ConfigError naming setting ``name`` unless ``path`` is a file that can be written
+    (checked before any work; nothing is created). None passes."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(name, path, "expected a file name, not a directory")
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK) or (
+            os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConfigError(name, path, f"expected a file that can be written ({probe!r} is not "
+                          "a writable directory)")
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` (a results file shared by runs)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def check_workdir(workdir: str) -> None:

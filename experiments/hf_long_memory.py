@@ -74,28 +74,6 @@ class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
         super().check()
 
 
-def _check_output_path(name: str, path: str | None) -> None:
-    """ConfigError unless ``path`` is a file that can be written (found before any work;
-    nothing is created)."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise cli.ConfigError(name, path, "expected a file name, not a directory")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK) or (
-            os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise cli.ConfigError(name, path, f"expected a file that can be written ({probe!r} "
-                              "is not a writable directory)")
-
-
-def _append_line(path: str, record: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _number(x: Any) -> float:
     """A logged value as a float: non-finite values are logged as strings ("nan", "inf")."""
     try:
@@ -108,14 +86,14 @@ def run(config: Config, workdir: str | None) -> dict[str, Any]:
     """Train until solved or out of budget; write ``results.json`` into ``workdir`` (and
     ``--results``, ``--save_params``); return the outcome."""
     cli.validate(config)
-    _check_output_path("results", config.results)
-    _check_output_path("save_params", config.save_params)
+    cli.check_output_file("results", config.results)
+    cli.check_output_file("save_params", config.save_params)
     with cli.workdir_session(workdir, config):
         outcome, params = train_until_solved(config, workdir)
         if workdir:
             checkpoint.save_json(workdir, "results", outcome)
     if config.results:
-        _append_line(config.results, outcome)
+        cli.append_jsonl(config.results, outcome)
     if config.save_params:
         flat = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(v)
                 for path, v in jax.tree_util.tree_leaves_with_path(params)}

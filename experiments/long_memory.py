@@ -277,39 +277,17 @@ def _repaired_steps(history: list[dict[str, Any]]) -> int:
     return int(_number(totals[-1])) if totals else 0
 
 
-def _check_output_path(name: str, path: str | None) -> None:
-    """ConfigError unless ``path`` is a file that can be written (found before any work;
-    nothing is created)."""
-    if path is None:
-        return
-    if os.path.isdir(path):
-        raise cli.ConfigError(name, path, "expected a file name, not a directory")
-    probe = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK) or (
-            os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise cli.ConfigError(name, path, f"expected a file that can be written ({probe!r} "
-                              "is not a writable directory)")
-
-
-def _append_line(path: str, record: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def run(config: Config, workdir: str | None) -> dict[str, Any]:
     """Train and diagnose as ``config`` says (a sweep when ``config.lengths`` is set);
     write ``results.json`` into ``workdir`` and return the outcome."""
     cli.validate(config)
-    _check_output_path("results", config.results)
+    cli.check_output_file("results", config.results)
     if config.lengths:
         return sweep(config, workdir)
     with cli.workdir_session(workdir, config):
         outcome = train_and_diagnose(config, workdir)
     if config.results:
-        _append_line(config.results, outcome)
+        cli.append_jsonl(config.results, outcome)
     return outcome
 
 

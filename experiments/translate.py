@@ -136,21 +136,8 @@ class Config(cli.TrainConfig):
             raise cli.ConfigError("plot", self.plot, "draws attention weights: it needs "
                                   "attention=additive|dot")
         if self.plot:
-            _check_output("plot", self.plot)
+            cli.check_output_file("plot", self.plot)
         super().check()
-
-
-def _check_output(name: str, path: str) -> None:
-    """ConfigError unless ``path`` is a file that can be written (found before training)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise cli.ConfigError(name, path, "is a directory; give a file name")
-    probe = folder
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise cli.ConfigError(name, path, f"cannot be written ({probe!r} is not a writable "
-                              "directory)")
 
 
 # --------------------------------------------------------------------------- the model

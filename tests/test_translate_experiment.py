@@ -100,7 +100,7 @@ def test_translate_bad_settings_and_files_are_one_line_errors_before_training(tm
          "attention='additive' is invalid: is for model=seq2seq"),
         (dict(length_penalty=float("nan")), cli.ConfigError, "length_penalty=nan is invalid"),
         (dict(attention="dot", plot=str(tmp_path / "pairs.tsv" / "a.png")), cli.ConfigError,
-         "plot=.* is invalid: cannot be written"),
+         "plot=.* is invalid: expected a file that can be written"),
         (dict(batch_size=64), cli.ConfigError, "batch_size=64 is invalid: is larger than the 10"),
         (dict(hidden=3_000_000), cli.ConfigError, "hidden=3000000 is invalid: the model has"),
         (dict(max_length=2), errors.RunError, r"pairs.tsv:2: a side of 3 characters, longer "

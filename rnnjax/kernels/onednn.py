@@ -51,7 +51,6 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import jax
 import jax.extend
