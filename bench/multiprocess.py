@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
     base = rows[0][1]["steps_per_sec"]
     print(f"GRU LM train step, hidden {_HIDDEN.value}, batch {_BATCH.value}, T={_SEQ.value}, "
           f"vocabulary {_VOCAB}, {_STEPS.value} steps")
-    print(f"| configuration | steps/s | vs 1 device |\n|---|---|---|")
+    print("| configuration | steps/s | vs 1 device |\n|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['steps_per_sec']:.2f} | {r['steps_per_sec'] / base:.2f}x |")
 

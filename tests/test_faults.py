@@ -10,19 +10,14 @@ tests/test_train.py.)
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
-import warnings
 
-import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
