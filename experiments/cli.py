@@ -157,8 +157,16 @@ class TrainConfig:
 Report = Callable[[int, dict[str, Any]], None]
 
 
+def event_log(config: Any, workdir: str | None) -> tensorboard.EventLog:
+    """The run's TensorBoard log (``<workdir>/tensorboard``; a log that writes nothing
+    without a workdir, with ``tensorboard=False`` or outside process 0)."""
+    return tensorboard.EventLog(workdir, enabled=getattr(config, "tensorboard", False),
+                                process_index=jax.process_index())
+
+
 def loop_kwargs(config: TrainConfig, workdir: str | None, report: Report | None = None,
-                on_log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                on_log: Callable[[dict[str, Any]], None] | None = None,
+                events: tensorboard.EventLog | None = None) -> dict[str, Any]:
     """Keyword arguments of ``rnnjax.train.run`` from the common settings.
 
     Every logged record also goes to TensorBoard (``config.tensorboard``), to ``on_log``
@@ -166,8 +174,7 @@ def loop_kwargs(config: TrainConfig, workdir: str | None, report: Report | None 
     (it may raise to stop the run, e.g. Optuna's pruning). Without a workdir there is
     nowhere to write checkpoints, so ``checkpoint_every`` is ignored.
     """
-    events = tensorboard.EventLog(workdir, enabled=getattr(config, "tensorboard", False),
-                                  process_index=jax.process_index())
+    events = events if events is not None else event_log(config, workdir)
 
     def log(record: dict[str, Any]) -> None:
         events.scalars(record["step"], record)

@@ -395,19 +395,23 @@ def train_and_diagnose(config: Config, workdir: str | None) -> dict[str, Any]:
 
 def write_plots(workdir: str, snapshots: dict[int, np.ndarray], config: Config,
                 cell: cells.Cell) -> None:
+    """The diagnosis PNGs in ``workdir``, also as TensorBoard images."""
     steps = sorted(snapshots)
     title = f"{cell.name} on {config.task}, T={config.seq_len}"
     picks = sorted(set(steps[i] for i in np.linspace(0, len(steps) - 1, min(5, len(steps)))
                        .round().astype(int)))
-    plots.plot_gradient_vs_lag({f"step {s}": snapshots[s] for s in picks},
-                                     os.path.join(workdir, "gradient_vs_lag.png"), title=title)
-    plots.plot_gradient_heatmap(steps, np.stack([snapshots[s] for s in steps]),
-                                      os.path.join(workdir, "gradient_heatmap.png"), title=title)
-    if config.optimizer == "hf":
-        return  # the HF step does not log per-parameter gradient norms
-    p_steps, p_norms = plots.parameter_gradient_norms(workdir)
-    plots.plot_parameter_gradient_norms(
-        p_steps, p_norms, os.path.join(workdir, "parameter_gradient_norms.png"), title=title)
+    paths = [os.path.join(workdir, "gradient_vs_lag.png"),
+             os.path.join(workdir, "gradient_heatmap.png")]
+    plots.plot_gradient_vs_lag({f"step {s}": snapshots[s] for s in picks}, paths[0], title=title)
+    plots.plot_gradient_heatmap(steps, np.stack([snapshots[s] for s in steps]), paths[1],
+                                title=title)
+    if config.optimizer != "hf":  # the HF step does not log per-parameter gradient norms
+        p_steps, p_norms = plots.parameter_gradient_norms(workdir)
+        paths.append(os.path.join(workdir, "parameter_gradient_norms.png"))
+        plots.plot_parameter_gradient_norms(p_steps, p_norms, paths[-1], title=title)
+    with cli.event_log(config, workdir) as events:
+        for path in paths:
+            events.image("diagnosis/" + os.path.basename(path)[:-4], path, steps[-1])
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -345,7 +345,8 @@ def train_and_evaluate(config: Config, workdir: str | None, data: tr.Translation
         return {"valid_nats": cross_entropy(model, st.params, data, data.valid,
                                             config.eval_batch_size)}
 
-    loop = cli.loop_kwargs(config, workdir)
+    events = cli.event_log(config, workdir)
+    loop = cli.loop_kwargs(config, workdir, events=events)
     if loop["checkpoint_every"] is None and workdir:
         loop["checkpoint_every"] = config.steps  # keep the final model for --translate
     t0 = time.time()
@@ -391,11 +392,15 @@ def train_and_evaluate(config: Config, workdir: str | None, data: tr.Translation
         print(f"  {s!r} -> {h!r}  (reference {r!r})")
     if workdir:
         checkpoint.save_json(workdir, "results", results)
+    events.text("translations", "\n".join(f"    {s} -> {h} (reference {r})" for s, h, r
+                                           in results["greedy"]["examples"]), config.steps)
     if model.kind == "seq2seq" and config.attention != "none" and (workdir or config.plot):
         path = config.plot or os.path.join(workdir, "attention.png")
         plot_attention(path, decoded_attention[:4])
         print(f"attention heat map: {path}")
         results["plot"] = path
+        events.image("attention", path, config.steps)
+    events.close()
     return results
 
 

@@ -372,6 +372,12 @@ def test_char_lm_run_from_python_learns_resumes_and_survives_a_mistaken_rerun(tm
                                           .splitlines()) if "loss" in r]
     assert results["steps"] == 30 and losses_seen[-1] < losses_seen[0]
     assert results["valid"]["bits"] < math.log2(results["vocab_size"])  # beats uniform
+    # TensorBoard: the logged losses as scalars at their steps, the samples as text.
+    from rnnjax import tensorboard
+    events = tensorboard.read_events(str(workdir / tensorboard.SUBDIR))
+    logged = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+    assert [s for s, _ in events["loss"]] == [r["step"] for r in logged]
+    assert events["sample"][-1][0] == 30 and events["sample"][-1][1] == results["sample"]
     assert char_lm.run(config, str(workdir))["valid"] == results["valid"]  # resumed at 30
 
     saved = (workdir / "config.json").read_text()

@@ -43,6 +43,9 @@ def test_tiny_temporal_order_is_solved_and_diagnosed(tmp_path):
     assert 0 < d["end"]["horizon"] <= 10
     for png in ("gradient_vs_lag.png", "gradient_heatmap.png", "parameter_gradient_norms.png"):
         assert os.path.getsize(workdir / png) > 1000
+    from rnnjax import tensorboard   # the same plots as TensorBoard images
+    events = tensorboard.read_events(str(workdir / tensorboard.SUBDIR))
+    assert {"diagnosis/gradient_vs_lag", "diagnosis/parameter_gradient_norms"} <= set(events)
     steps, norms = plots.parameter_gradient_norms(str(workdir))
     assert "cell/W_hh" in norms and len(steps) == len(norms["cell/W_hh"])
     records = train.read_metrics(str(workdir))

@@ -33,6 +33,9 @@ def test_translate_experiment_trains_then_translates_from_workdir(tmp_path):
     assert results["valid_pairs"] == 2 and results["valid_nats"] > 0
     assert 0 <= results["greedy"]["chrf"] <= 100
     assert (workdir / "attention.png").stat().st_size > 1000
+    from rnnjax import tensorboard   # TensorBoard: the attention map and the translations
+    events = tensorboard.read_events(str(workdir / tensorboard.SUBDIR))
+    assert events["attention"] == [(20, "image")] and "->" in events["translations"][0][1]
 
     r = _run(f"--workdir={workdir}", "--translate=abc", f"--plot={tmp_path / 'a.png'}")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -276,6 +276,7 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
               f"--eval_batch_size={config.eval_batch_size}, so that each stream is at least "
               f"{MIN_EVAL_STREAM} tokens long", flush=True)
     sample_seed = [config.seed]
+    events = cli.event_log(config, workdir)
 
     def eval_fn(st: train.TrainState) -> dict[str, float]:
         r = lm.evaluate(model, st.params, _eval_segments(config, eval_ids))
@@ -284,6 +285,7 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
             s = generate(model, st.params, data.vocab, seed=sample_seed[0], length=200,
                          temperature=config.temperature, top_k=config.top_k,
                          prime=config.prime)
+            events.text("sample", s, int(st.step))
             _write(f"\n--- step {int(st.step)}: validation (first {r['tokens']:,} {tokens}) "
                    f"{summary(r, level)}; sample:\n{s}\n---")
         if report is not None:
@@ -297,7 +299,7 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
                                after_eval=factory.anneal_on_plateau(  # factor 1: no-op
                                    "eval_valid_nats", config.plateau_factor,
                                    min_improvement=config.plateau_threshold),
-                               **cli.loop_kwargs(config, workdir))
+                               **cli.loop_kwargs(config, workdir, events=events))
     stopped_early = int(state.step) < config.steps
     if stopped_early:
         _write(f"--max_minutes={config.max_minutes} spent: stopped after step "
@@ -328,6 +330,8 @@ def train_and_evaluate(config: LMConfig, workdir: str | None, data: Data,
                      top_k=config.top_k, prime=config.prime)
         print(f"\n=== sample (temperature {config.temperature}) ===\n{s}\n===")
         results["sample"] = s
+        events.text("sample", s, steps_done)
+    events.close()
     print(f"trained {steps_done} steps ({results['epochs']:.2f} epochs, "
           f"{results['tokens_seen']:,} {tokens}) in {train_seconds / 60:.1f} min, "
           f"{results['steps_per_second']:.1f} steps/s, evaluations included")
