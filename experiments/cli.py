@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import math
 import os
 import re
@@ -443,12 +444,25 @@ def apply_compilation_cache(value: str | None) -> None:
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, errors.RunError)
 
 
+class _NoDiskFullTracebacks(std_logging.Filter):
+    """Orbax logs a checkpoint save that failed on a full disk with its traceback (from its
+    background thread) before rnnjax turns the failure into a one-line DiskFullError; the
+    command shows only that line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(s in text for s in ("No space left on device", "RESOURCE_EXHAUSTED"))
+
+
 def call(run: Callable[..., Any], config: Any, workdir: str | None = None,
          flag_values: flags.FlagValues = FLAGS) -> Any:
     """``run(config, workdir)`` (workdir from ``--workdir`` by default), with the errors a
     user can fix printed as one line on stderr and exit status 1 instead of a traceback."""
     if workdir is None and "workdir" in flag_values:
         workdir = flag_values["workdir"].value
+    std_logging.getLogger("absl").addFilter(_NoDiskFullTracebacks())
     try:
         return run(config, workdir)
     except ConfigError as e:

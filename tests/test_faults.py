@@ -395,3 +395,38 @@ def test_a_full_disk_never_damages_a_side_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint.load_json(str(tmp_path), "config") == {"hidden": 32}
     assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
+
+
+FULL_DISK_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, optax
+from experiments import cli
+from rnnjax import train
+
+def run(config, workdir):
+    opt = optax.sgd(0.01)
+    state = train.init_state({"w": jnp.zeros((200, 200))}, opt, seed=0)
+    loss = lambda p, batch, key: jnp.mean((batch @ p["w"] - 1.0) ** 2)
+    batches = lambda s: jax.random.normal(jax.random.fold_in(jax.random.key(1), s), (4, 200))
+    return train.run(workdir, state, train.make_train_step(loss, opt), batches, steps=30,
+                     log_every=1, checkpoint_every=1, keep=None, progress=False)
+
+cli.call(run, cli.TrainConfig(), sys.argv[1])
+"""
+
+
+def test_a_command_on_a_full_disk_prints_one_line_and_no_traceback(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if not _mount_tmpfs(small, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(small / "w")],
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("error: the disk is full while writing")
+    assert len(proc.stderr.strip().splitlines()) == 1
