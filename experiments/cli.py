@@ -178,8 +178,7 @@ def loop_kwargs(config: TrainConfig, workdir: str | None, report: Report | None 
     events = events if events is not None else event_log(config, workdir)
 
     def log(record: dict[str, Any]) -> None:
-        events.scalars(record["step"], record)
-        events.flush()
+        events.log(record)
         if on_log is not None:
             on_log(record)
         if report is not None:

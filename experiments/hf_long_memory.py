@@ -171,12 +171,9 @@ def train_until_solved(config: Config, workdir: str | None) -> tuple[dict[str, A
             print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {check['rate']:.4f}",
                   flush=True)
 
-    state, history = train.run(
-        workdir, state, step_fn, batch_fn, steps=config.steps, log_every=config.eval_every,
-        checkpoint_every=(config.checkpoint_every or None) if workdir else None,
-        keep=config.keep_checkpoints, eval_fn=eval_fn, eval_every=config.eval_every,
-        on_log=on_log, max_bad_steps=config.max_bad_steps, progress=config.progress,
-        jit=False, stop_fn=stop_fn)
+    loop = {**cli.loop_kwargs(config, workdir, on_log=on_log), "log_every": config.eval_every}
+    state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=eval_fn,
+                               eval_every=config.eval_every, jit=False, stop_fn=stop_fn, **loop)
     if "step" not in check:  # a rerun of a finished run: nothing trained, measure it
         stop_fn(state._replace(step=config.steps))
 

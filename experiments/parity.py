@@ -211,8 +211,8 @@ def train_model(workdir: str | None, params: Any, logits_fn: LogitsFn, *, steps:
                 seed: int, batch_size: int, length: int, optimizer: Any,
                 clip_norm: float | None = None, log_every: int,
                 checkpoint_every: int | None = None, keep: int = 2,
-                max_bad_steps: int | None = 10,
-                progress: bool = False) -> tuple[train.TrainState, list[dict]]:
+                max_bad_steps: int | None = 10, progress: bool = False,
+                on_log: Any = None) -> tuple[train.TrainState, list[dict]]:
     """Train ``params`` on parity of length ``length`` with the rnnjax loop (``clip_norm``:
     clipping in the step, for an optimizer that does not clip itself)."""
     state = train.init_state(params, optimizer, seed=seed)
@@ -221,7 +221,7 @@ def train_model(workdir: str | None, params: Any, logits_fn: LogitsFn, *, steps:
     return train.run(workdir, state, step_fn, parity_batch_fn(seed, batch_size, length),
                      steps=steps, log_every=log_every,
                      checkpoint_every=checkpoint_every if workdir else None, keep=keep,
-                     max_bad_steps=max_bad_steps, progress=progress)
+                     max_bad_steps=max_bad_steps, progress=progress, on_log=on_log)
 
 
 def train_lecture_networks(workdir: str | None, *, seeds: int, steps: int, seed: int,
@@ -260,7 +260,7 @@ def train_and_measure_rnn(config: Config, workdir: str | None, eval_key: jax.Arr
         length=config.train_length, optimizer=factory.from_config(config),
         log_every=config.log_every, checkpoint_every=config.checkpoint_every or None,
         keep=config.keep_checkpoints, max_bad_steps=config.max_bad_steps,
-        progress=config.progress)
+        progress=config.progress, on_log=cli.event_log(config, _subdir(workdir, "rnn")).log)
     return {"cell": model.cell.name, "hidden": config.hidden, "steps": config.steps,
             "final_train_loss": history[-1]["loss"],
             "accuracy": {L: accuracy(model.apply, state.params, eval_key, L,
@@ -295,7 +295,7 @@ def train_and_measure_window(config: Config, workdir: str | None, eval_key: jax.
                                              config.window_hidden),
         mlp_fn, steps=config.window_steps, seed=config.seed, batch_size=config.batch_size,
         length=config.train_length, optimizer=factory.make("adam", 3e-3),
-        log_every=config.log_every)
+        log_every=config.log_every, on_log=cli.event_log(config, _subdir(workdir, "window")).log)
     return {"window": k, "final_train_loss": history[-1]["loss"],
             "accuracy": {L: accuracy(mlp_fn, state.params, eval_key, L, config.eval_sequences,
                                      split=k) for L in test_lengths}}

@@ -67,6 +67,12 @@ class EventLog:
             if name not in SKIP and number is not None:
                 self._writer.add_scalar(name, number, int(step))
 
+    def log(self, record: Mapping[str, Any]) -> None:
+        """A metrics record (with its ``step``) as scalars, flushed: an ``on_log`` hook of
+        :func:`rnnjax.train.run`."""
+        self.scalars(record["step"], record)
+        self.flush()
+
     def image(self, tag: str, image: str | np.ndarray, step: int) -> None:
         """A PNG file, or an ``[H, W, C]`` uint8/float array, as an image at ``step``."""
         if self._writer is None:
