@@ -445,8 +445,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, errors.RunError)
 
 class _NoDiskFullTracebacks(std_logging.Filter):
     """Orbax logs a checkpoint save that failed on a full disk with its traceback (from its
-    background thread) before rnnjax turns the failure into a one-line DiskFullError; the
-    command shows only that line."""
+    background thread, and asyncio may log the same error of a future nobody awaited)
+    before or after rnnjax turns the failure into a one-line DiskFullError; the command
+    shows only that line."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -455,13 +456,29 @@ class _NoDiskFullTracebacks(std_logging.Filter):
         return not any(s in text for s in ("No space left on device", "RESOURCE_EXHAUSTED"))
 
 
+def _quiet_closed_loops(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``hook`` without the "Event loop is closed" that orbax's background threads leave
+    when a failed save closed their event loop first (printed as a bare traceback)."""
+    def quiet(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)):
+            hook(unraisable)
+    quiet.quiet_closed_loops = True
+    return quiet
+
+
 def call(run: Callable[..., Any], config: Any, workdir: str | None = None,
          flag_values: flags.FlagValues = FLAGS) -> Any:
     """``run(config, workdir)`` (workdir from ``--workdir`` by default), with the errors a
     user can fix printed as one line on stderr and exit status 1 instead of a traceback."""
     if workdir is None and "workdir" in flag_values:
         workdir = flag_values["workdir"].value
-    std_logging.getLogger("absl").addFilter(_NoDiskFullTracebacks())
+    for name in ("absl", "asyncio"):  # orbax's save thread; its never-retrieved futures
+        logger = std_logging.getLogger(name)
+        if not any(isinstance(f, _NoDiskFullTracebacks) for f in logger.filters):
+            logger.addFilter(_NoDiskFullTracebacks())
+    if not getattr(sys.unraisablehook, "quiet_closed_loops", False):
+        sys.unraisablehook = _quiet_closed_loops(sys.unraisablehook)
     try:
         return run(config, workdir)
     except ConfigError as e:

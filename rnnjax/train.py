@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -508,14 +509,23 @@ def run(
             except OSError:
                 pass  # a failed flush of a full disk: reported above or below
         if manager is not None:
-            _finish_saves(manager, workdir)
+            failing = sys.exc_info()[1] is not None  # this finally runs for an error
+            try:
+                _finish_saves(manager, workdir)
+            except errors.DiskFullError:
+                if not failing:  # else the same full disk is already being reported
+                    raise
     return state, history
 
 
 def _finish_saves(manager: Any, workdir: str | None) -> None:
-    """Wait for the pending asynchronous save; a full disk becomes DiskFullError."""
+    """Wait for the pending asynchronous save and close the manager; a full disk (orbax
+    may report it from either) becomes DiskFullError."""
     try:
-        manager.wait_until_finished()
+        try:
+            manager.wait_until_finished()
+        finally:
+            manager.close()
     except Exception as e:  # noqa: BLE001 - orbax may wrap the OSError
         full = errors.disk_full(e, f"a checkpoint in {workdir!r}",
                                 f"its last complete checkpoint ({ckpt.latest_step(workdir)}) is "
@@ -523,5 +533,3 @@ def _finish_saves(manager: Any, workdir: str | None) -> None:
         if full is None:
             raise
         raise full from e
-    finally:
-        manager.close()
