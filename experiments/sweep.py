@@ -50,7 +50,6 @@ import dataclasses
 import glob
 import importlib
 import inspect
-import json
 import math
 import os
 import subprocess
@@ -61,7 +60,7 @@ from typing import Any
 from absl import app
 
 from experiments import cli
-from rnnjax import checkpoint
+from rnnjax import checkpoint, metrics
 from rnnjax import study as studies
 from rnnjax import sweep as rsweep
 
@@ -166,20 +165,25 @@ def run_name(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items())
 
 
+def run_metrics(workdir: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``[(prefix, records)]`` of the run's ``metrics.jsonl`` files: the workdir's own
+    (prefix ``""``) and each direct subdirectory's (prefix ``"<subdir>/"``), read by
+    :mod:`rnnjax.metrics` (a bad line is skipped, not fatal)."""
+    paths = [("", os.path.join(workdir, metrics.FILE))] + [
+        (os.path.basename(os.path.dirname(p)) + "/", p)
+        for p in sorted(glob.glob(os.path.join(workdir, "*", metrics.FILE)))]
+    return [(prefix, metrics.read_records(path)) for prefix, path in paths
+            if os.path.isfile(path)]
+
+
 def final_metrics(workdir: str) -> dict[str, float]:
     """The run's final numbers: last metrics records and results.json leaves."""
     out: dict[str, float] = {}
-    candidates = [("", os.path.join(workdir, "metrics.jsonl"))] + [
-        (os.path.basename(os.path.dirname(p)) + "/", p)
-        for p in sorted(glob.glob(os.path.join(workdir, "*", "metrics.jsonl")))]
-    for prefix, path in candidates:
-        if os.path.exists(path):
-            with open(path) as f:
-                lines = [line for line in f if line.strip()]
-            if lines:
-                for k, v in json.loads(lines[-1]).items():
-                    if k not in SKIP_METRICS and isinstance(v, (int, float)):
-                        out[prefix + k] = float(v)
+    for prefix, records in run_metrics(workdir):
+        if records:
+            for k, v in records[-1].items():
+                if k not in SKIP_METRICS and isinstance(v, (int, float)):
+                    out[prefix + k] = float(v)
 
     def leaves(prefix: str, obj: Any) -> None:
         if isinstance(obj, dict):
@@ -195,14 +199,9 @@ def final_metrics(workdir: str) -> dict[str, float]:
 
 def loss_curve(workdir: str) -> tuple[list[int], list[float]]:
     """(steps, losses) of the run's main metrics.jsonl (first one found)."""
-    paths = [os.path.join(workdir, "metrics.jsonl")] + sorted(
-        glob.glob(os.path.join(workdir, "*", "metrics.jsonl")))
-    for path in paths:
-        if os.path.exists(path):
-            with open(path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            pts = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), float)]
-            return [p[0] for p in pts], [p[1] for p in pts]
+    for _, records in run_metrics(workdir)[:1]:
+        pts = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), float)]
+        return [p[0] for p in pts], [p[1] for p in pts]
     return [], []
 
 
