@@ -546,6 +546,14 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of a results file written by :func:`append_jsonl` ([] if none)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def check_workdir(workdir: str) -> None:
     """Create ``workdir`` if needed and prove it is writable, or raise ConfigError."""
     try:

@@ -430,17 +430,14 @@ def sweep(config: Config, workdir: str | None) -> dict[str, Any]:
                     r = sweep_one(config, v, T, workdir)
                     if r["status"] != "solved":
                         failed.add(v)
-                with open(results_path, "a") as f:
-                    f.write(json.dumps(r) + "\n")
+                cli.append_jsonl(results_path, r)
                 print(json.dumps(r), flush=True)
         # A measured result replaces a "skipped" one, from this sweep or an earlier one.
         recorded: dict[tuple[str, int], dict] = {}
-        with open(results_path) as f:
-            for line in f:
-                r = json.loads(line)
-                k = (r["variant"], r["seq_len"])
-                if r["status"] != "skipped" or k not in recorded:
-                    recorded[k] = r
+        for r in cli.read_jsonl(results_path):
+            k = (r["variant"], r["seq_len"])
+            if r["status"] != "skipped" or k not in recorded:
+                recorded[k] = r
         md = table(list(recorded.values()), sorted({T for _, T in recorded}),
                    [v for v in VARIANTS if any(k[0] == v for k in recorded)], config.steps)
         with open(os.path.join(workdir, "table.md"), "w") as f:

@@ -261,14 +261,6 @@ def row_key(row: dict) -> tuple:
     return (row["problem"], int(row["T"]), row["method"], int(row["seed"]), row.get("tag", ""))
 
 
-def read_rows(path: str) -> list[dict]:
-    """The rows of a results file (none if it does not exist)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_success(rows: list[dict], path: str) -> None:
     """Fraction of rows solved against T, one line per method and tag (problems pooled)."""
     import matplotlib
@@ -305,7 +297,7 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     """
     cli.validate(config)
     if config.plot:
-        rows = read_rows(config.results)
+        rows = cli.read_jsonl(config.results)
         if not rows:
             raise cli.ConfigError("results", config.results, "--plot needs a results file with rows")
         plot_success(rows, config.plot)
@@ -319,7 +311,7 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     os.makedirs(directory, exist_ok=True)
     if not os.access(directory, os.W_OK):
         raise cli.ConfigError("results", config.results, "its directory must be writable")
-    done = {row_key(r) for r in read_rows(config.results)}
+    done = {row_key(r) for r in cli.read_jsonl(config.results)}
     new, skipped = [], 0
     for T in config.lengths:
         for problem in config.problems:
@@ -329,8 +321,7 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
                         skipped += 1
                         continue
                     row = run_row(problem, T, method, seed, config)
-                    with open(config.results, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    cli.append_jsonl(config.results, row)
                     print(json.dumps(row), flush=True)
                     new.append(row)
                     if report is not None:
