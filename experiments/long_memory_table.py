@@ -28,11 +28,20 @@ every step; the task's mask scores the steps that matter):
 Training time excludes compilation and the periodic checks (``--eval_every``
 updates on 1,000 fresh sequences; the 10,000-sequence test runs when that check
 passes). ``--generalize_to`` also scores a solved model at longer lengths.
+
+The first-order methods train the seeds of a cell together, one vmapped program
+(``--vmap_seeds``; a solved network stops updating, the others go on), so their
+budget is the program's: each row's ``train_seconds`` is the program's time when
+that seed was solved, and ``seeds_in_program`` says how many shared it.
+``--min_train_length=50`` with ``--lengths=200`` trains on one length per batch drawn
+from [50, 200] (Pascanu et al.'s protocol; batches are padded to T, which leaves
+a causal network's outputs and the loss unchanged) and tests at T.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -40,12 +49,13 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app
 
 from experiments import cli
-from rnnjax import cells, checkpoint, initializers, regularizers, train
+from rnnjax import cells, checkpoint, initializers, regularizers, sweep, train
 from rnnjax.data import synthetic
 from rnnjax.models import hf as hf_adapter
 from rnnjax.models import tagger
@@ -100,12 +110,21 @@ class Config:
                                        check=cli.positive)
     generalize_to: tuple[int, ...] = cli.field((), "Also score a solved model at these lengths.",
                                                check=cli.at_least(10))
+    min_train_length: int | None = cli.field(
+        None, "Train on one length per batch drawn uniformly from [this, T] (Pascanu et al. "
+        "2013: 50 with T = 200), batches padded to T; none: every batch at T.",
+        check=cli.at_least(10))
+    vmap_seeds: bool = cli.field(True, "Train the seeds of a first-order cell together in one "
+                                 "vmapped program (each stops updating once solved).")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
                                  "--results into this PNG (no training).")
 
     def check(self) -> None:
+        if self.min_train_length is not None and self.min_train_length > min(self.lengths):
+            raise cli.ConfigError("min_train_length", self.min_train_length,
+                                  f"expected at most the shortest of --lengths ({min(self.lengths)})")
         if self.hf_curvature_batch > self.hf_gradient_batch:
             raise cli.ConfigError("hf_curvature_batch", self.hf_curvature_batch,
                                   f"expected at most hf_gradient_batch={self.hf_gradient_batch}")
@@ -153,8 +172,9 @@ def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     return model, model.init(key), net
 
 
-def _first_order(method: str, task: synthetic.Task, model: tagger.Tagger, net, params,
-                 config: Config, seed: int):
+def _first_order_step(method: str, task: synthetic.Task, model: tagger.Tagger, net,
+                      config: Config):
+    """The optimizer and ``step(state, batch) -> (state, metrics)`` of one network."""
     rate = 0.01 if method == "sgd_cr" else 1e-3
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.sgd(rate) if method == "sgd_cr" else optax.adam(rate))
@@ -168,51 +188,200 @@ def _first_order(method: str, task: synthetic.Task, model: tagger.Tagger, net, p
         loss, om = regularizers.loss_and_omega(readout, p["cell"]["W_hh"], hs, squared=True)
         return loss + config.omega * om
 
-    state = train.init_state(params, opt, seed=seed)
-    return state, train.make_train_step(loss_fn, opt)
+    return opt, train.make_train_step(loss_fn, opt)
 
 
-# ----------------------------------------------------------------------------- one row
+# ----------------------------------------------------------------------------- data
 
-def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dict:
-    """Train one row until solved or out of budget; the row as a dict."""
+def _keys(seeds: tuple[int, ...], stream: int) -> jax.Array:
+    """[N] keys: stream ``stream`` of each seed (0 init, 1 training data, 2 tests)."""
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), stream))(jnp.asarray(seeds))
+
+
+class Lengths:
+    """The training length of each update: T, or Pascanu et al.'s one length per
+    batch uniform in [``min_train_length``, T] (a fixed draw per cell, so a rerun
+    sees the same lengths); batches are padded to T's array length."""
+
+    def __init__(self, task: synthetic.Task, T: int, lowest: int | None, seed: int):
+        self.T, self.steps = T, task.steps(T)
+        self.draws = None if lowest is None else np.random.default_rng([seed, T]).integers(
+            lowest, T + 1, size=4096)
+
+    def __call__(self, update: int) -> int:
+        return self.T if self.draws is None else int(self.draws[update % len(self.draws)])
+
+    def warm_up(self, draw, keys) -> None:
+        """Compile ``draw`` for every length before the clock starts."""
+        for L in ([self.T] if self.draws is None else sorted(set(self.draws.tolist()))):
+            jax.block_until_ready(draw(keys, 0, L))
+
+
+@functools.lru_cache(maxsize=None)
+def _batches(task: synthetic.Task, batch_size: int, steps: int):
+    """``draw(keys [N], update, L) -> Batch`` with leaves [N, steps, batch_size, ...]:
+    one fresh batch of length L per network, padded to ``steps`` (jitted per L)."""
+
+    @functools.lru_cache(maxsize=None)
+    def at(L: int):
+        def draw(keys, update):
+            one = lambda k: synthetic.pad(task.generate_fn(jax.random.fold_in(k, update),
+                                                           batch_size, L), steps)
+            return jax.vmap(one)(keys)
+        return jax.jit(draw)
+
+    return lambda keys, update, L: at(L)(keys, update)
+
+
+def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
+                 n: int) -> np.ndarray:
+    """[N] fraction of ``n`` fresh length-L sequences each network gets wrong.
+
+    ``predict(params [N, ...], inputs [N, T, b, D]) -> outputs [N, T, b, O]``.
+    """
+    chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))  # hidden states stay < ~1 GB
+    draw = _batches(task, chunk, task.steps(L))
+    wrong, done, i = np.zeros(len(keys)), 0, 0
+    while done < n:
+        batch = draw(keys, i, L)
+        out = predict(params, batch.inputs)
+        bad = np.asarray(jax.vmap(task.wrong)(out, batch), np.float64)[:, :n - done]
+        wrong += bad.sum(axis=1)
+        done += bad.shape[1]
+        i += 1
+    return wrong / n
+
+
+# ----------------------------------------------------------------------------- rows
+
+def _row(problem: str, T: int, method: str, seed: int, config: Config, **fields) -> dict:
+    row: dict[str, Any] = dict(problem=problem, T=T, method=method, seed=seed, tag=config.tag)
+    if config.min_train_length is not None:
+        row["train_lengths"] = [config.min_train_length, T]
+    row.update(fields)
+    row.update(machine=machine(), date=time.strftime("%Y-%m-%d", time.gmtime()))
+    return row
+
+
+def _generalization(task, predict, params, keys, config: Config) -> list[dict[str, float]]:
+    """Per network, its error rate at each ``--generalize_to`` length."""
+    rates = {L: _error_rates(task, predict, params, keys, L, config.test_sequences)
+             for L in config.generalize_to}
+    return [{str(L): float(r[i]) for L, r in rates.items()} for i in range(len(keys))]
+
+
+def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
+                    config: Config) -> list[dict]:
+    """Train one network per seed, all in one vmapped program, each until solved or
+    the program's budget is spent (a solved network stops updating); a row per seed."""
     task = synthetic.get(problem)
-    key = jax.random.key(seed)
-    model, params, net = build(method, task, config, jax.random.fold_in(key, 0))
-    data_key, eval_key = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
-    is_hf = method in ("hf", "hf_sd")
-    if is_hf:
-        protocol = hessian_free.martens2011(
-            structural_damping=1.0 / 30.0 if method == "hf_sd" else 0.0,
-            max_cg_iters=config.cg_iters, initial_damping=config.hf_lambda,
-            gradient_batch=config.hf_gradient_batch, curvature_batch=config.hf_curvature_batch,
-            eval_batch=config.hf_curvature_batch, hidden=config.hidden)
-        state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
+    init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
+    model, _, net = build(method, task, config, init_keys[0])
+    opt, one_step = _first_order_step(method, task, model, net, config)
+    states = sweep.stack([train.init_state(model.init(init_keys[i]), opt, seed=s)
+                          for i, s in enumerate(seeds)])
 
-        def batch_fn(step):
-            k = jax.random.fold_in(data_key, step)
-            grad = task.generate(jax.random.fold_in(k, 0), protocol.gradient_batch, T)
-            curv = task.generate(jax.random.fold_in(k, 1), protocol.curvature_batch, T)
-            if config.hf_score_on == "gradient":
-                return grad, curv, grad
-            return grad, curv, task.generate(jax.random.fold_in(k, 2), protocol.eval_batch, T)
-        eval_every = max(1, config.eval_every // 20)
-    else:
-        state, step_fn = _first_order(method, task, model, net, params, config, seed)
+    def masked_step(state, batch, active):  # a solved network keeps its params
+        new, metrics = one_step(state, batch)
+        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(active, a, b), n, o)
+        return new._replace(step=keep(new.step, state.step), params=keep(new.params, state.params),
+                            opt_state=keep(new.opt_state, state.opt_state)), metrics
 
-        def batch_fn(step):
-            return task.generate(jax.random.fold_in(data_key, step), config.first_order_batch, T)
-        eval_every = config.eval_every
+    lengths = Lengths(task, T, config.min_train_length, seeds[0])
+    draw = _batches(task, config.first_order_batch, lengths.steps)
+    t0 = time.perf_counter()
+    lengths.warm_up(draw, data_keys)
+    step = jax.jit(jax.vmap(masked_step)).lower(
+        states, draw(data_keys, 0, lengths(0)), jnp.ones(len(seeds), bool)).compile()
+    compile_seconds = time.perf_counter() - t0
+    predict = jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
+
+    n = len(seeds)
+    active = np.ones(n, bool)
+    done_at = np.zeros(n, int)          # updates when solved (or at the end)
+    seconds = np.zeros(n)
+    rates, loss = np.full(n, np.nan), np.full(n, np.nan)
+    train_time, updates = 0.0, 0
+    while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
+        t0 = time.perf_counter()
+        mask = jnp.asarray(active)
+        for _ in range(min(config.eval_every, config.max_updates - updates)):
+            states, metrics = step(states, draw(data_keys, updates, lengths(updates)), mask)
+            updates += 1
+        loss = np.where(active, np.asarray(metrics["loss"]), loss)
+        train_time += time.perf_counter() - t0
+        done_at[active], seconds[active] = updates, train_time
+        quick = _error_rates(task, predict, states.params, _check_keys(test_keys),
+                             T, 1000)
+        rates = np.where(active, quick, rates)
+        for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
+            sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
+            rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
+                                    config.test_sequences)[0]
+            active[i] = not synthetic.solved(float(rates[i]))
+    solved = ~active
+    general = (_generalization(task, predict, states.params, test_keys, config)
+               if config.generalize_to and solved.any() else None)
+    rows = []
+    for i, seed in enumerate(seeds):
+        row = _row(problem, T, method, seed, config, solved=bool(solved[i]),
+                   error_rate=float(rates[i]), updates=int(done_at[i]),
+                   train_seconds=round(float(seconds[i]), 1),
+                   compile_seconds=round(compile_seconds, 1), final_loss=float(loss[i]),
+                   grad_evals=int(done_at[i]), curvature_products=0, loss_evals=0,
+                   seeds_in_program=n,
+                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                               batch=config.first_order_batch,
+                               hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
+                               omega=config.omega if method == "sgd_cr" else 0.0))
+        if general is not None and solved[i]:
+            row["generalization"] = general[i]
+        rows.append(row)
+    return rows
+
+
+def _check_keys(test_keys: jax.Array) -> jax.Array:
+    """The periodic 1,000-sequence checks draw from their own stream of the test keys."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(test_keys)
+
+
+def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict:
+    """Train one network with Hessian-free until solved or out of budget; its row."""
+    task = synthetic.get(problem)
+    init_key, data_key, test_key = (_keys((seed,), i)[0] for i in range(3))
+    _, params, net = build(method, task, config, init_key)
+    protocol = hessian_free.martens2011(
+        structural_damping=1.0 / 30.0 if method == "hf_sd" else 0.0,
+        max_cg_iters=config.cg_iters, initial_damping=config.hf_lambda,
+        gradient_batch=config.hf_gradient_batch, curvature_batch=config.hf_curvature_batch,
+        eval_batch=config.hf_curvature_batch, hidden=config.hidden)
+    state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
+    lengths = Lengths(task, T, config.min_train_length, seed)
+    draws = {n: _batches(task, n, lengths.steps)
+             for n in {protocol.gradient_batch, protocol.curvature_batch}}
+    keys = jax.random.split(data_key, 3)[:, None]  # gradient, curvature, scoring streams
+
+    def batch_fn(update):
+        L = lengths(update)
+        one = lambda n, i: jax.tree.map(lambda x: x[0], draws[n](keys[i], update, L))
+        grad, curv = one(protocol.gradient_batch, 0), one(protocol.curvature_batch, 1)
+        if config.hf_score_on == "gradient":
+            return grad, curv, grad
+        return grad, curv, one(protocol.curvature_batch, 2)
 
     t0 = time.perf_counter()
+    for n, draw in draws.items():
+        lengths.warm_up(draw, keys[0])
     step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()
     compile_seconds = time.perf_counter() - t0
-    predict = jax.jit(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0])
+    predict = jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
+    tests = test_key[None]
 
-    def error_rate(length: int, n: int, k=eval_key) -> float:
-        return synthetic.evaluate(task, lambda xs: predict(state.params, xs), k, length,
-                                  num_sequences=n, batch_size=min(n, 1000))
+    def error_rate(n: int, keys=tests) -> float:
+        params = jax.tree.map(lambda x: x[None], state.params)
+        return float(_error_rates(task, predict, params, keys, T, n)[0])
 
+    eval_every = max(1, config.eval_every // 20)
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
@@ -221,44 +390,45 @@ def run_row(problem: str, T: int, method: str, seed: int, config: Config) -> dic
             updates += 1
         loss = float(metrics["loss"])
         train_time += time.perf_counter() - t0
-        rate = error_rate(T, 1000)
+        rate = error_rate(1000, _check_keys(tests))
         if synthetic.solved(rate):
-            rate = error_rate(T, config.test_sequences, jax.random.fold_in(eval_key, 1))
+            rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
             if solved:
                 break
-    row: dict[str, Any] = dict(
-        problem=problem, T=T, method=method, seed=seed, tag=config.tag, solved=solved,
-        error_rate=rate, updates=updates, train_seconds=round(train_time, 1),
-        compile_seconds=round(compile_seconds, 1), final_loss=loss, machine=machine(),
-        date=time.strftime("%Y-%m-%d", time.gmtime()))
-    if is_hf:
-        hs = state.opt_state
-        row.update(grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
-                   loss_evals=int(hs.loss_evals), final_damping=float(hs.damping),
-                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
-                               gradient_batch=protocol.gradient_batch,
-                               curvature_batch=protocol.curvature_batch,
-                               cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
-                               score_on=config.hf_score_on,
-                               hidden=config.hidden))
-    else:
-        row.update(grad_evals=updates, curvature_products=0, loss_evals=0,
-                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
-                               batch=config.first_order_batch,
-                               hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
-                               omega=config.omega if method == "sgd_cr" else 0.0))
+    hs = state.opt_state
+    row = _row(problem, T, method, seed, config, solved=solved, error_rate=rate, updates=updates,
+               train_seconds=round(train_time, 1), compile_seconds=round(compile_seconds, 1),
+               final_loss=loss, grad_evals=int(hs.grad_evals),
+               curvature_products=int(hs.curvature_products), loss_evals=int(hs.loss_evals),
+               final_damping=float(hs.damping),
+               budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                           gradient_batch=protocol.gradient_batch,
+                           curvature_batch=protocol.curvature_batch,
+                           cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
+                           score_on=config.hf_score_on, hidden=config.hidden))
     if solved and config.generalize_to:
-        row["generalization"] = {str(L): error_rate(L, config.test_sequences,
-                                                    jax.random.fold_in(eval_key, L))
-                                 for L in config.generalize_to}
+        params = jax.tree.map(lambda x: x[None], state.params)
+        row["generalization"] = _generalization(task, predict, params, tests, config)[0]
     return row
+
+
+def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...],
+             config: Config) -> list[dict]:
+    """The rows of ``seeds`` in one cell of the table (HF: one program per seed;
+    first-order methods: the seeds in one vmapped program)."""
+    if method in ("hf", "hf_sd"):
+        return [run_hf(problem, T, method, seed, config) for seed in seeds]
+    return run_first_order(problem, T, method, seeds, config)
 
 
 # ----------------------------------------------------------------------------- the table
 
 def row_key(row: dict) -> tuple:
-    return (row["problem"], int(row["T"]), row["method"], int(row["seed"]), row.get("tag", ""))
+    """What makes a row: problem, T, method, seed, tag and the shortest training length."""
+    lowest = row.get("train_lengths", [None])[0]
+    return (row["problem"], int(row["T"]), row["method"], int(row["seed"]), row.get("tag", ""),
+            lowest)
 
 
 def plot_success(rows: list[dict], path: str) -> None:
@@ -316,16 +486,17 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     for T in config.lengths:
         for problem in config.problems:
             for method in config.methods:
-                for seed in config.seeds:
-                    if (problem, T, method, seed, config.tag) in done:
-                        skipped += 1
-                        continue
-                    row = run_row(problem, T, method, seed, config)
-                    cli.append_jsonl(config.results, row)
-                    print(json.dumps(row), flush=True)
-                    new.append(row)
-                    if report is not None:
-                        report(row)
+                todo = [s for s in config.seeds
+                        if (problem, T, method, s, config.tag, config.min_train_length) not in done]
+                skipped += len(config.seeds) - len(todo)
+                together = config.vmap_seeds and method not in ("hf", "hf_sd")
+                for group in ([tuple(todo)] if together and todo else [(s,) for s in todo]):
+                    for row in run_cell(problem, T, method, group, config):
+                        cli.append_jsonl(config.results, row)
+                        print(json.dumps(row), flush=True)
+                        new.append(row)
+                        if report is not None:
+                            report(row)
     results = {"rows": new, "skipped": skipped}
     if workdir:
         checkpoint.save_json(workdir, "results", results)

@@ -3,16 +3,17 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from experiments import cli, long_memory_table as table
 
 
 def tiny(path, **kw):
-    return dataclasses.replace(
-        table.Config(), results=str(path), problems=("temporal_order",), lengths=(10,),
-        methods=("adam_clip",), seeds=(0,), max_updates=2, eval_every=1, hidden=4,
-        test_sequences=100, **kw)
+    settings = dict(results=str(path), problems=("temporal_order",), lengths=(10,),
+                    methods=("adam_clip",), seeds=(0,), max_updates=2, eval_every=1, hidden=4,
+                    test_sequences=100)
+    return dataclasses.replace(table.Config(), **{**settings, **kw})
 
 
 def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
@@ -28,7 +29,7 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished row was recomputed")
 
-    monkeypatch.setattr(table, "run_row", no_training)
+    monkeypatch.setattr(table, "run_cell", no_training)
     again = table.run(dataclasses.replace(tiny(path), max_updates=5), None)
     assert again == {"rows": [], "skipped": 1}
     assert path.read_text().count("\n") == 1
@@ -51,3 +52,28 @@ def test_bad_settings_fail_before_any_work(tmp_path, field, value, message):
     with pytest.raises(cli.ConfigError, match=message):
         table.run(config, None)
     assert not (tmp_path / "t.jsonl").exists()
+
+
+def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path):
+    """Two seeds trained together give each seed's row of a run on its own."""
+    config = tiny(tmp_path / "a.jsonl", seeds=(0, 1), max_updates=3)
+    together = table.run(config, None)["rows"]
+    alone = table.run(dataclasses.replace(config, results=str(tmp_path / "b.jsonl"),
+                                          vmap_seeds=False), None)["rows"]
+    assert [r["seeds_in_program"] for r in together] == [2, 2]
+    assert [r["seeds_in_program"] for r in alone] == [1, 1]
+    for a, b in zip(together, alone):
+        assert (a["seed"], a["updates"], a["solved"]) == (b["seed"], b["updates"], b["solved"])
+        np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-5)
+        assert a["error_rate"] == pytest.approx(b["error_rate"], abs=0.02)
+    assert together[0]["final_loss"] != together[1]["final_loss"]  # seeds differ
+
+
+def test_variable_length_training_is_its_own_row(tmp_path):
+    path = tmp_path / "v.jsonl"
+    fixed = table.run(tiny(path, lengths=(12,)), None)["rows"]
+    varied = table.run(tiny(path, lengths=(12,), min_train_length=10), None)["rows"]
+    assert "train_lengths" not in fixed[0] and varied[0]["train_lengths"] == [10, 12]
+    assert table.run(tiny(path, lengths=(12,), min_train_length=10), None)["skipped"] == 1
+    with pytest.raises(cli.ConfigError, match="min_train_length.*at most the shortest"):
+        table.run(tiny(path, lengths=(12,), min_train_length=13), None)

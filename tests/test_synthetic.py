@@ -198,3 +198,19 @@ def test_bad_input_errors():
     batch = synthetic.get("xor").generate(jax.random.PRNGKey(0), 2, 10)
     with pytest.raises(ValueError, match=r"\[T, B, O\]"):
         synthetic.get("xor").loss(jnp.zeros((10, 2, 1)), batch)
+
+
+def test_padding_leaves_a_causal_models_loss_and_errors_unchanged():
+    from rnnjax import cells
+    from rnnjax.models import tagger
+    task = synthetic.get("addition")
+    model = tagger.make(cells.vanilla(8, "tanh"), task.input_size, task.output_size)
+    params = model.init(jax.random.PRNGKey(0))
+    batch = task.generate(jax.random.PRNGKey(1), 16, 20)
+    padded = synthetic.pad(batch, task.steps(20) + 7)
+    chex.assert_shape(padded.inputs, (task.steps(20) + 7, 16, 2))
+    out, out_p = model.apply(params, batch.inputs), model.apply(params, padded.inputs)
+    np.testing.assert_allclose(task.loss(out_p, padded), task.loss(out, batch), rtol=1e-6)
+    np.testing.assert_array_equal(task.wrong(out_p, padded), task.wrong(out, batch))
+    with pytest.raises(ValueError, match="cannot pad a batch of 21 steps to 20"):
+        synthetic.pad(batch, 20)

@@ -106,6 +106,7 @@ __all__ = [
     "evaluate",
     "solved",
     "markers",
+    "pad",
 ]
 
 SUCCESS_ERROR_RATE = 0.01   # solved: under 1% of sequences wrong ...
@@ -487,6 +488,27 @@ def get(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; accepted: {', '.join(TASK_NAMES)}")
     return TASKS[name]
+
+
+# ----------------------------------------------------------------------------- variable lengths
+
+def pad(batch: Batch, steps: int) -> Batch:
+    """Right-pad ``batch`` [T, B, ...] with unscored all-zero steps to ``steps`` steps.
+
+    A causal model's outputs on the real steps do not depend on later steps and the
+    padding has mask 0, so loss, gradient and the success rule are those of the
+    unpadded batch: batches of every length up to ``steps`` share one compiled
+    program. This is how Pascanu et al. (2013)'s variable-length training (one
+    length per batch, uniform in [50, 200]) runs here.
+    """
+    T = batch.mask.shape[0]
+    if steps < T:
+        raise ValueError(f"pad: cannot pad a batch of {T} steps to {steps} steps")
+
+    def grow(x):
+        return jnp.pad(x, [(0, steps - T)] + [(0, 0)] * (x.ndim - 1))
+
+    return Batch(*(grow(x) for x in batch))
 
 
 # ----------------------------------------------------------------------------- success rule
