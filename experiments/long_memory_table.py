@@ -114,6 +114,8 @@ class Config:
         None, "Train on one length per batch drawn uniformly from [this, T] (Pascanu et al. "
         "2013: 50 with T = 200), batches padded to T; none: every batch at T.",
         check=cli.at_least(10))
+    progress: bool = cli.field(True, "Show a progress bar for each program (its training-time "
+                               "budget, updates and error rates).")
     vmap_seeds: bool = cli.field(True, "Train the seeds of a first-order cell together in one "
                                  "vmapped program (each stops updating once solved).")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
@@ -254,6 +256,30 @@ def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
 
 # ----------------------------------------------------------------------------- rows
 
+class _Progress:
+    """A bar over a program's training-time budget (seconds), with its updates and the
+    last check's error rate of each network; silent with ``--noprogress``."""
+
+    def __init__(self, config: Config, label: str):
+        self.bar, self.shown = None, 0.0
+        if config.progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=round(60 * config.max_minutes), desc=label, unit="s",
+                            dynamic_ncols=True, leave=False)
+
+    def __call__(self, train_time: float, updates: int, rates) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(min(round(train_time), self.bar.total) - self.shown)
+        self.shown = min(round(train_time), self.bar.total)
+        wrong = "/".join(f"{100 * r:.1f}%" for r in np.atleast_1d(rates))
+        self.bar.set_postfix_str(f"{updates} updates, wrong {wrong}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _row(problem: str, T: int, method: str, seed: int, config: Config, **fields) -> dict:
     row: dict[str, Any] = dict(problem=problem, T=T, method=method, seed=seed, tag=config.tag)
     if config.min_train_length is not None:
@@ -297,6 +323,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     predict = jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
 
     n = len(seeds)
+    progress = _Progress(config, f"{problem} T={T} {method} seed {','.join(map(str, seeds))}")
     active = np.ones(n, bool)
     done_at = np.zeros(n, int)          # updates when solved (or at the end)
     seconds = np.zeros(n)
@@ -319,6 +346,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
                                     config.test_sequences)[0]
             active[i] = not synthetic.solved(float(rates[i]))
+        progress(train_time, updates, rates)
+    progress.close()
     solved = ~active
     general = (_generalization(task, predict, states.params, test_keys, config)
                if config.generalize_to and solved.any() else None)
@@ -382,6 +411,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
         return float(_error_rates(task, predict, params, keys, T, n)[0])
 
     eval_every = max(1, config.eval_every // 20)
+    progress = _Progress(config, f"{problem} T={T} {method} seed {seed}")
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
@@ -394,8 +424,10 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
-            if solved:
-                break
+        progress(train_time, updates, rate)
+        if solved:
+            break
+    progress.close()
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved=solved, error_rate=rate, updates=updates,
                train_seconds=round(train_time, 1), compile_seconds=round(compile_seconds, 1),

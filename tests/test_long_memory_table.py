@@ -12,7 +12,7 @@ from experiments import cli, long_memory_table as table
 def tiny(path, **kw):
     settings = dict(results=str(path), problems=("temporal_order",), lengths=(10,),
                     methods=("adam_clip",), seeds=(0,), max_updates=2, eval_every=1, hidden=4,
-                    test_sequences=100)
+                    test_sequences=100, progress=False)
     return dataclasses.replace(table.Config(), **{**settings, **kw})
 
 
