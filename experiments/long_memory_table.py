@@ -25,9 +25,9 @@ every step; the task's mask scores the steps that matter):
 * ``adam_clip``: 100 tanh units (orthogonal W_hh), Adam 1e-3, clipping at 1;
 * ``lstm_adam``: a 100-unit LSTM, Adam 1e-3, clipping at 1.
 
-Training time excludes compilation and the periodic checks (``--eval_every``
-updates on 1,000 fresh sequences; the 10,000-sequence test runs when that check
-passes). ``--generalize_to`` also scores a solved model at longer lengths.
+Training time excludes compilation and the periodic checks (every ``--eval_every``
+updates, or every 5% of the updates made so far when that is more, on 1,000 fresh
+sequences; the 10,000-sequence test runs when that check passes). ``--generalize_to`` also scores a solved model at longer lengths.
 
 The first-order methods train the seeds of a cell together, one vmapped program
 (``--vmap_seeds``; a solved network stops updating, the others go on), so their
@@ -85,11 +85,13 @@ class Config:
     seeds: tuple[int, ...] = cli.field((0, 1, 2), "Seeds (comma-separated).", check=cli.non_negative)
     tag: str = cli.field("", "A label kept in each row and in the resume key (a different "
                          "budget or protocol gets its own rows).")
-    max_minutes: float = cli.field(60.0, "Training-time budget per row (minutes).",
+    max_minutes: float = cli.field(60.0, "Training-time budget per program (minutes): per "
+                                   "row for HF, per cell of vmapped seeds otherwise.",
                                    check=cli.positive)
     max_updates: int = cli.field(100_000, "Update budget per row.", check=cli.positive)
     eval_every: int = cli.field(20, "Check the error rate every N updates of the first-order "
-                                "methods (HF: every max(1, N // 20) updates).",
+                                "methods (HF: every max(1, N // 20) updates), or every 5% of "
+                                "the updates so far when that is more.",
                                 check=cli.positive)
     hf_gradient_batch: int = cli.field(10_000, "HF: fresh sequences for each gradient.",
                                        check=cli.positive)
@@ -332,7 +334,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
         mask = jnp.asarray(active)
-        for _ in range(min(config.eval_every, config.max_updates - updates)):
+        for _ in range(min(_until_check(updates, config.eval_every), config.max_updates - updates)):
             states, metrics = step(states, draw(data_keys, updates, lengths(updates)), mask)
             updates += 1
         loss = np.where(active, np.asarray(metrics["loss"]), loss)
@@ -367,6 +369,13 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             row["generalization"] = general[i]
         rows.append(row)
     return rows
+
+
+def _until_check(updates: int, every: int) -> int:
+    """Updates before the next check: ``every``, or 5% of the updates made so far if
+    more (the checks' cost stays a small share of long runs; ``updates`` at success
+    is then known to within 5%)."""
+    return max(every, updates // 20)
 
 
 def _check_keys(test_keys: jax.Array) -> jax.Array:
@@ -415,7 +424,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
-        for _ in range(min(eval_every, config.max_updates - updates)):
+        for _ in range(min(_until_check(updates, eval_every), config.max_updates - updates)):
             state, metrics = step_fn(state, batch_fn(updates))
             updates += 1
         loss = float(metrics["loss"])
