@@ -45,6 +45,9 @@ import functools
 import json
 import os
 import platform
+import re
+import shutil
+import sys
 import time
 from typing import Any
 
@@ -116,6 +119,10 @@ class Config:
         None, "Train on one length per batch drawn uniformly from [this, T] (Pascanu et al. "
         "2013: 50 with T = 200), batches padded to T; none: every batch at T.",
         check=cli.at_least(10))
+    checkpoint_minutes: float = cli.field(
+        5.0, "With --workdir: save each program's state every N minutes of training into "
+        "WORKDIR/programs/ (a rerun resumes it; removed once its rows are written).",
+        check=cli.positive)
     progress: bool = cli.field(True, "Show a progress bar for each program (its training-time "
                                "budget, updates and error rates).")
     vmap_seeds: bool = cli.field(True, "Train the seeds of a first-order cell together in one "
@@ -258,6 +265,49 @@ def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
 
 # ----------------------------------------------------------------------------- rows
 
+class _Saver:
+    """A program's state every ``--checkpoint_minutes`` of training, in
+    ``workdir/programs/<name>`` (an orbax checkpoint with a fingerprint; NaN
+    is stored as -1, which no rate or loss can be); a rerun resumes from it. None
+    workdir: nothing saved. Removed by :meth:`finish` once the rows are written."""
+
+    def __init__(self, workdir: str | None, name: str, config: Config):
+        self.path = None if workdir is None else os.path.join(
+            workdir, "programs", re.sub(r"[^A-Za-z0-9_.=-]", "_", name))
+        self.every, self.saved_at = 60 * config.checkpoint_minutes, 0.0
+
+    @staticmethod
+    def _encode(tree: dict) -> dict:
+        return {k: np.nan_to_num(v, nan=-1.0) if k in ("rates", "loss") else v
+                for k, v in tree.items()}
+
+    def restore(self, template: dict) -> dict | None:
+        if self.path is None or not checkpoint.all_steps(self.path):
+            return None
+        saved = checkpoint.restore(self.path, self._encode(template))
+        for name in ("rates", "loss"):
+            saved[name] = np.where(np.asarray(saved[name]) == -1.0, np.nan, saved[name])
+        self.saved_at = float(saved["clock"][1])
+        print(f"resuming {self.path} at update {int(saved['clock'][0])} "
+              f"({self.saved_at:.0f} s trained)", file=sys.stderr, flush=True)
+        return saved
+
+    def __call__(self, tree: dict, train_time: float) -> None:
+        if self.path is None or train_time - self.saved_at < self.every:
+            return
+        mngr = checkpoint.manager(self.path, keep=1)
+        try:
+            checkpoint.save(mngr, int(tree["clock"][0]), self._encode(tree))
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
+        self.saved_at = train_time
+
+    def finish(self) -> None:
+        if self.path is not None and os.path.isdir(self.path):
+            shutil.rmtree(self.path)
+
+
 class _Progress:
     """A bar over a program's training-time budget (seconds), with its updates and the
     last check's error rate of each network; silent with ``--noprogress``."""
@@ -299,9 +349,10 @@ def _generalization(task, predict, params, keys, config: Config) -> list[dict[st
 
 
 def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
-                    config: Config) -> list[dict]:
+                    config: Config, workdir: str | None = None) -> tuple[list[dict], _Saver]:
     """Train one network per seed, all in one vmapped program, each until solved or
-    the program's budget is spent (a solved network stops updating); a row per seed."""
+    the program's budget is spent (a solved network stops updating); a row per seed,
+    and the program's :class:`_Saver` (remove its state once the rows are kept)."""
     task = synthetic.get(problem)
     init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
     model, _, net = build(method, task, config, init_keys[0])
@@ -326,11 +377,24 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
 
     n = len(seeds)
     progress = _Progress(config, f"{problem} T={T} {method} seed {','.join(map(str, seeds))}")
+    saver = _Saver(workdir, f"{problem}-T{T}-{method}-seeds{'_'.join(map(str, seeds))}"
+                   f"-{config.tag}-min{config.min_train_length}", config)
+
+    def snapshot():
+        return dict(states=states, active=active.astype(np.int8), done_at=done_at,
+                    seconds=seconds, rates=rates, loss=loss,
+                    clock=np.array([updates, train_time]))
+
     active = np.ones(n, bool)
-    done_at = np.zeros(n, int)          # updates when solved (or at the end)
+    done_at = np.zeros(n, np.int64)     # updates when solved (or at the end)
     seconds = np.zeros(n)
     rates, loss = np.full(n, np.nan), np.full(n, np.nan)
     train_time, updates = 0.0, 0
+    saved = saver.restore(snapshot())
+    if saved is not None:
+        states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
+        active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
+        updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
         mask = jnp.asarray(active)
@@ -340,8 +404,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         loss = np.where(active, np.asarray(metrics["loss"]), loss)
         train_time += time.perf_counter() - t0
         done_at[active], seconds[active] = updates, train_time
-        quick = _error_rates(task, predict, states.params, _check_keys(test_keys),
-                             T, 1000)
+        quick = _error_rates(task, predict, states.params, _check_keys(test_keys), T, 1000)
         rates = np.where(active, quick, rates)
         for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
@@ -349,6 +412,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                     config.test_sequences)[0]
             active[i] = not synthetic.solved(float(rates[i]))
         progress(train_time, updates, rates)
+        saver(snapshot(), train_time)
     progress.close()
     solved = ~active
     general = (_generalization(task, predict, states.params, test_keys, config)
@@ -368,7 +432,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
-    return rows
+    return rows, saver
 
 
 def _until_check(updates: int, every: int) -> int:
@@ -383,8 +447,10 @@ def _check_keys(test_keys: jax.Array) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(test_keys)
 
 
-def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict:
-    """Train one network with Hessian-free until solved or out of budget; its row."""
+def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
+           workdir: str | None = None) -> tuple[dict, _Saver]:
+    """Train one network with Hessian-free until solved or out of budget; its row and
+    the program's :class:`_Saver`."""
     task = synthetic.get(problem)
     init_key, data_key, test_key = (_keys((seed,), i)[0] for i in range(3))
     _, params, net = build(method, task, config, init_key)
@@ -421,7 +487,18 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
 
     eval_every = max(1, config.eval_every // 20)
     progress = _Progress(config, f"{problem} T={T} {method} seed {seed}")
+    saver = _Saver(workdir, f"{problem}-T{T}-{method}-seeds{seed}-{config.tag}"
+                   f"-min{config.min_train_length}", config)
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
+
+    def snapshot():
+        return dict(states=state, rates=np.array([rate]), loss=np.array([loss]),
+                    clock=np.array([updates, train_time]))
+
+    saved = saver.restore(snapshot())
+    if saved is not None:
+        state, rate, loss = saved["states"], float(saved["rates"][0]), float(saved["loss"][0])
+        updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
         for _ in range(min(_until_check(updates, eval_every), config.max_updates - updates)):
@@ -436,6 +513,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
         progress(train_time, updates, rate)
         if solved:
             break
+        saver(snapshot(), train_time)
     progress.close()
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved=solved, error_rate=rate, updates=updates,
@@ -451,16 +529,19 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config) -> dict
     if solved and config.generalize_to:
         params = jax.tree.map(lambda x: x[None], state.params)
         row["generalization"] = _generalization(task, predict, params, tests, config)[0]
-    return row
+    return row, saver
 
 
-def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...],
-             config: Config) -> list[dict]:
-    """The rows of ``seeds`` in one cell of the table (HF: one program per seed;
-    first-order methods: the seeds in one vmapped program)."""
+def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Config,
+             workdir: str | None = None):
+    """Yield ``(rows, saver)`` per program for ``seeds`` in one cell of the table (HF:
+    one program per seed; first-order methods: the seeds in one vmapped program)."""
     if method in ("hf", "hf_sd"):
-        return [run_hf(problem, T, method, seed, config) for seed in seeds]
-    return run_first_order(problem, T, method, seeds, config)
+        for seed in seeds:
+            row, saver = run_hf(problem, T, method, seed, config, workdir)
+            yield [row], saver
+    else:
+        yield run_first_order(problem, T, method, seeds, config, workdir)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -532,12 +613,14 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
                 skipped += len(config.seeds) - len(todo)
                 together = config.vmap_seeds and method not in ("hf", "hf_sd")
                 for group in ([tuple(todo)] if together and todo else [(s,) for s in todo]):
-                    for row in run_cell(problem, T, method, group, config):
-                        cli.append_jsonl(config.results, row)
-                        print(json.dumps(row), flush=True)
-                        new.append(row)
-                        if report is not None:
-                            report(row)
+                    for rows, saver in run_cell(problem, T, method, group, config, workdir):
+                        for row in rows:
+                            cli.append_jsonl(config.results, row)
+                            print(json.dumps(row), flush=True)
+                            new.append(row)
+                            if report is not None:
+                                report(row)
+                        saver.finish()  # the rows are kept: the program's state is not needed
     results = {"rows": new, "skipped": skipped}
     if workdir:
         checkpoint.save_json(workdir, "results", results)

@@ -77,3 +77,26 @@ def test_variable_length_training_is_its_own_row(tmp_path):
     assert table.run(tiny(path, lengths=(12,), min_train_length=10), None)["skipped"] == 1
     with pytest.raises(cli.ConfigError, match="min_train_length.*at most the shortest"):
         table.run(tiny(path, lengths=(12,), min_train_length=13), None)
+
+
+@pytest.mark.parametrize("method", ["adam_clip", "hf"])
+def test_a_program_resumes_from_its_saved_state_exactly(tmp_path, monkeypatch, capsys, method):
+    """A program stopped after 3 updates and rerun to 5 gives the row of 5 updates in one go."""
+    settings = dict(methods=(method,), seeds=(0, 1) if method == "adam_clip" else (0,),
+                    hf_gradient_batch=40, hf_curvature_batch=20, cg_iters=3,
+                    checkpoint_minutes=1e-9)  # save at every check
+    whole = table.run(tiny(tmp_path / "whole.jsonl", max_updates=5, **settings), None)["rows"]
+    monkeypatch.setattr(table._Saver, "finish", lambda self: None)  # as if killed after saving
+    table.run(tiny(tmp_path / "cut.jsonl", max_updates=3, **settings), str(tmp_path / "w"))
+    monkeypatch.undo()
+    saved = list((tmp_path / "w" / "programs").iterdir())
+    assert len(saved) == 1
+    capsys.readouterr()
+    resumed = table.run(tiny(tmp_path / "resumed.jsonl", max_updates=5, **settings),
+                        str(tmp_path / "w"))["rows"]
+    assert "at update 3" in capsys.readouterr().err
+    for a, b in zip(whole, resumed):
+        assert (a["updates"], a["error_rate"], a["solved"]) == (b["updates"], b["error_rate"],
+                                                                 b["solved"])
+        np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-6)
+    assert not saved[0].exists()  # removed once the rows were written
