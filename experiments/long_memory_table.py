@@ -29,10 +29,12 @@ Training time excludes compilation and the periodic checks (every ``--eval_every
 updates, or every 5% of the updates made so far when that is more, on 1,000 fresh
 sequences; the 10,000-sequence test runs when that check passes). ``--generalize_to`` also scores a solved model at longer lengths.
 
-The first-order methods train the seeds of a cell together, one vmapped program
-(``--vmap_seeds``; a solved network stops updating, the others go on), so their
+With ``--vmap_seeds`` the first-order methods train the seeds of a cell together,
+one vmapped program (a solved network stops updating, the others go on), so their
 budget is the program's: each row's ``train_seconds`` is the program's time when
-that seed was solved, and ``seeds_in_program`` says how many shared it.
+that seed was solved, and ``seeds_in_program`` says how many shared it. (On a
+2-core CPU that was slower than one seed at a time, which is the default:
+``docs/results.md``.)
 ``--min_train_length=50`` with ``--lengths=200`` trains on one length per batch drawn
 from [50, 200] (Pascanu et al.'s protocol; batches are padded to T, which leaves
 a causal network's outputs and the loss unchanged) and tests at T.
@@ -125,8 +127,9 @@ class Config:
         check=cli.positive)
     progress: bool = cli.field(True, "Show a progress bar for each program (its training-time "
                                "budget, updates and error rates).")
-    vmap_seeds: bool = cli.field(True, "Train the seeds of a first-order cell together in one "
-                                 "vmapped program (each stops updating once solved).")
+    vmap_seeds: bool = cli.field(False, "Train the seeds of a first-order cell together in one "
+                                 "vmapped program (each stops updating once solved); on a "
+                                 "2-core CPU it was 0.57-1.0x as fast as one by one.")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "

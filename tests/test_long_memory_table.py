@@ -56,7 +56,7 @@ def test_bad_settings_fail_before_any_work(tmp_path, field, value, message):
 
 def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path):
     """Two seeds trained together give each seed's row of a run on its own."""
-    config = tiny(tmp_path / "a.jsonl", seeds=(0, 1), max_updates=3)
+    config = tiny(tmp_path / "a.jsonl", seeds=(0, 1), max_updates=3, vmap_seeds=True)
     together = table.run(config, None)["rows"]
     alone = table.run(dataclasses.replace(config, results=str(tmp_path / "b.jsonl"),
                                           vmap_seeds=False), None)["rows"]
@@ -83,6 +83,7 @@ def test_variable_length_training_is_its_own_row(tmp_path):
 def test_a_program_resumes_from_its_saved_state_exactly(tmp_path, monkeypatch, capsys, method):
     """A program stopped after 3 updates and rerun to 5 gives the row of 5 updates in one go."""
     settings = dict(methods=(method,), seeds=(0, 1) if method == "adam_clip" else (0,),
+                    vmap_seeds=True,
                     hf_gradient_batch=40, hf_curvature_batch=20, cg_iters=3,
                     checkpoint_minutes=1e-9)  # save at every check
     whole = table.run(tiny(tmp_path / "whole.jsonl", max_updates=5, **settings), None)["rows"]
