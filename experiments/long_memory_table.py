@@ -132,6 +132,8 @@ class Config:
                                  "2-core CPU it was 0.57-1.0x as fast as one by one.")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
+    summary: bool = cli.field(False, "Only print the rows in --results as a markdown table, "
+                              "one line per cell (seeds pooled), and train nothing.")
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
                                  "--results into this PNG (no training).")
 
@@ -556,6 +558,53 @@ def row_key(row: dict) -> tuple:
             lowest)
 
 
+def _cell_of(row: dict) -> tuple:
+    lowest = row.get("train_lengths", [None])[0]
+    return (row["problem"], int(row["T"]), row["method"], row.get("tag", ""), lowest)
+
+
+def _budget_text(row: dict) -> str:
+    b = row.get("budget", {})
+    text = f"{b.get('max_minutes', '?'):g} min"
+    if row["method"] in ("hf", "hf_sd"):
+        text += (f", grad {b.get('gradient_batch')}, curv {b.get('curvature_batch')}, "
+                 f"CG ≤ {b.get('cg_iters')}")
+        if b.get("score_on", "separate") != "separate":
+            text += f", scored on the {b['score_on']} batch"
+    else:
+        text += f", batch {b.get('batch')}, {b.get('hidden')} units"
+    return text
+
+
+def summarize(rows: list[dict]) -> str:
+    """The rows as a markdown table, one line per cell (problem, T, method, tag,
+    training lengths) with its seeds pooled: solved/run, the error rates, the median
+    updates and training seconds of the solved seeds, and the budget of a row."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault(_cell_of(row), []).append(row)
+    order = lambda c: (c[0], c[1], METHODS.index(c[2]) if c[2] in METHODS else 99, c[3],
+                       c[4] or 0)
+    lines = ["| problem | T | method | tag | solved | % wrong per seed | updates (median, "
+             "solved) | train s (median, solved) | generalisation | budget per program |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in sorted(cells, key=order):
+        mine = sorted(cells[cell], key=lambda r: r["seed"])
+        won = [r for r in mine if r["solved"]]
+        med = lambda k: f"{np.median([r[k] for r in won]):g}" if won else "–"
+        T = f"{cell[4]}–{cell[1]}" if cell[4] else str(cell[1])
+        general = "; ".join(f"T={L}: " + "/".join(f"{100 * r['generalization'][L]:.1f}%"
+                                                   for r in won if "generalization" in r)
+                            for L in sorted({L for r in won for L in r.get("generalization", {})},
+                                            key=int))
+        wrong = "/".join(f"{100 * r['error_rate']:.1f}" for r in mine)
+        budget = " or ".join(dict.fromkeys(_budget_text(r) for r in mine))
+        lines.append(f"| {cell[0]} | {T} | {cell[2]} | {cell[3]} | {len(won)}/{len(mine)} | "
+                     f"{wrong} | {med('updates')} | {med('train_seconds')} | {general or '–'} | "
+                     f"{budget} |")
+    return "\n".join(lines)
+
+
 def plot_success(rows: list[dict], path: str) -> None:
     """Fraction of rows solved against T, one line per method and tag (problems pooled)."""
     import matplotlib
@@ -591,11 +640,15 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     each row. ``workdir`` also receives ``results.json`` (the rows run now).
     """
     cli.validate(config)
-    if config.plot:
+    if config.plot or config.summary:
         rows = cli.read_jsonl(config.results)
         if not rows:
-            raise cli.ConfigError("results", config.results, "--plot needs a results file with rows")
-        plot_success(rows, config.plot)
+            raise cli.ConfigError("results", config.results,
+                                  "--plot and --summary need a results file with rows")
+        if config.summary:
+            print(summarize(rows))
+        if config.plot:
+            plot_success(rows, config.plot)
         return {"rows": [], "skipped": len(rows), "plot": config.plot}
     for problem in config.problems:
         shortest = synthetic.get(problem).min_seq_len

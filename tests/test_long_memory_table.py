@@ -37,9 +37,14 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     # Another tag is another row.
     table.run(tiny(path, tag="other"), None)
     assert [json.loads(x)["tag"] for x in path.read_text().splitlines()] == ["", "other"]
+    # The summary pools the seeds of a cell; it trains nothing.
+    table.run(tiny(path, seeds=(1,)), None)
+    summary = table.summarize(table.cli.read_jsonl(str(path)))
+    assert "| temporal_order | 10 | adam_clip |  | " in summary and summary.count("\n") == 3
+    assert table.run(dataclasses.replace(tiny(path), summary=True), None)["skipped"] == 3
     # The plot reads the rows and trains nothing.
     out = table.run(dataclasses.replace(tiny(path), plot=str(tmp_path / "img" / "s.png")), None)
-    assert out["skipped"] == 2 and (tmp_path / "img" / "s.png").stat().st_size > 0
+    assert out["skipped"] == 3 and (tmp_path / "img" / "s.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("field,value,message", [
