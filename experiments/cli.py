@@ -540,18 +540,40 @@ def check_output_file(name: str, path: str | None) -> None:
 
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
-    """Append ``record`` as one JSON line to ``path`` (a results file shared by runs)."""
+    """Append ``record`` as one JSON line to ``path`` (a results file shared by runs).
+
+    One ``write`` in append mode, so runs appending to the same file do not interleave;
+    after a line cut short (a run killed while writing) the record starts a new line.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")
+        f.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """The records of a results file written by :func:`append_jsonl` ([] if none)."""
+    """The records of a results file written by :func:`append_jsonl` ([] if none).
+
+    A line that is not a JSON object (cut short by a killed run) is skipped with a
+    warning naming the file and line.
+    """
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                logging.warning("%s line %d is not a JSON record; skipped", path, number)
+    return records
 
 
 def check_workdir(workdir: str) -> None:

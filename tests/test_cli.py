@@ -171,3 +171,13 @@ def test_info_logs_stay_quiet_unless_verbosity_is_given():
             assert absl_logging.get_verbosity() == level
     finally:
         absl_logging.set_verbosity(before)
+
+
+def test_results_file_survives_a_line_cut_short(tmp_path):
+    path = str(tmp_path / "r" / "rows.jsonl")
+    cli.append_jsonl(path, {"a": 1})
+    with open(path, "a") as f:
+        f.write('{"a": 2, "b"')  # a run killed while writing
+    cli.append_jsonl(path, {"a": 3})
+    assert cli.read_jsonl(path) == [{"a": 1}, {"a": 3}]
+    assert open(path).read().splitlines()[-1] == '{"a": 3}'
