@@ -39,7 +39,7 @@ import jax
 import numpy as np
 from absl import app
 
-from experiments import cli, hf_config
+from experiments import cli, hf_config, success
 from rnnjax import cells, checkpoint, train
 from rnnjax.data import synthetic
 from rnnjax.models import hf, tagger
@@ -72,14 +72,6 @@ class Config(hf_config.HessianFreeConfig, cli.TrainConfig):
                                   "unset with optimizer=hf (its damping and line search bound "
                                   "the step)")
         super().check()
-
-
-def _number(x: Any) -> float:
-    """A logged value as a float: non-finite values are logged as strings ("nan", "inf")."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def run(config: Config, workdir: str | None) -> dict[str, Any]:
@@ -135,53 +127,19 @@ def train_until_solved(config: Config, workdir: str | None) -> tuple[dict[str, A
         return synthetic.evaluate(task, lambda xs: predict(p, xs), eval_key, T,
                                   num_sequences=n, batch_size=min(n, 1000))
 
-    # The check runs in stop_fn at each --eval_every boundary (before the loop logs the
-    # step), so that a solved problem or the time cap stops the run at that step.
-    clock = {"start": time.perf_counter(), "eval": 0.0}
-    check: dict[str, Any] = {"solved": False, "rate": float("nan"), "train_seconds": 0.0}
-
-    def stop_fn(s: train.TrainState) -> bool:
-        step = int(s.step)
-        if step % config.eval_every and step != config.steps:
-            return False
-        t = time.perf_counter()
-        check.update(step=step, train_seconds=t - clock["start"] - clock["eval"])
-        check["rate"] = check["periodic_rate"] = error_rate(s.params, config.eval_sequences)
-        if synthetic.solved(check["rate"]):
-            check["rate"] = error_rate(s.params, synthetic.NUM_TEST_SEQUENCES)
-            check.update(solved=synthetic.solved(check["rate"]), full_test=True)
-        clock["eval"] += time.perf_counter() - t
-        return check["solved"] or check["train_seconds"] >= 60 * config.max_minutes
-
-    def eval_fn(s: train.TrainState) -> dict[str, float]:
-        if check.get("step") != int(s.step):
-            stop_fn(s)
-        return {"error_rate": check["periodic_rate"]}
-
-    def on_log(rec: dict[str, Any]) -> None:
-        if "eval_error_rate" not in rec:
-            return
-        extra = (f" lambda {_number(rec.get('damping')):.3g} rho {_number(rec.get('rho')):.2f} "
-                 f"cg {_number(rec.get('cg_iters')):.0f} rate {_number(rec.get('step_rate')):.2f}"
-                 if config.optimizer == "hf" else f" |g| {_number(rec.get('grad_norm')):.3g}")
-        print(f"step {rec['step']:6d}  loss {_number(rec['loss']):.4g}  wrong "
-              f"{_number(rec['eval_error_rate']):.4f}{extra}  train {check['train_seconds']:.0f}s",
-              flush=True)
-        if check.pop("full_test", False):
-            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {check['rate']:.4f}",
-                  flush=True)
-
-    loop = {**cli.loop_kwargs(config, workdir, on_log=on_log), "log_every": config.eval_every}
-    state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=eval_fn,
-                               eval_every=config.eval_every, jit=False, stop_fn=stop_fn, **loop)
-    if "step" not in check:  # a rerun of a finished run: nothing trained, measure it
-        stop_fn(state._replace(step=config.steps))
+    check = success.Check(config, error_rate)
+    loop = {**cli.loop_kwargs(config, workdir, on_log=check.on_log),
+            "log_every": config.eval_every}
+    state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=check.eval_fn,
+                               eval_every=config.eval_every, jit=False, stop_fn=check.stop_fn,
+                               **loop)
+    check.finish(state)
 
     updates = int(state.step)
-    final_loss = _number(history[-1]["loss"]) if history else float("nan")
-    outcome = dict(cli.as_dict(config), workdir=workdir, solved=check["solved"],
-                   error_rate=check["rate"], updates=updates,
-                   train_seconds=round(check["train_seconds"], 1),
+    final_loss = success.number(history[-1]["loss"]) if history else float("nan")
+    outcome = dict(cli.as_dict(config), workdir=workdir, solved=check.result["solved"],
+                   error_rate=check.result["rate"], updates=updates,
+                   train_seconds=round(check.result["train_seconds"], 1),
                    compile_seconds=round(compile_seconds, 1),
                    final_loss=final_loss if np.isfinite(final_loss) else None)
     if config.optimizer == "hf":

@@ -58,11 +58,10 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app
 
-from experiments import cli, hf_config
+from experiments import cli, hf_config, success
 from rnnjax import cells, checkpoint, diagnostics, plots, regularizers, train
 from rnnjax.data import synthetic
 from rnnjax.models import hf, tagger
@@ -259,22 +258,14 @@ def gradient_report(cell: cells.Cell, params, hidden_norms, batch) -> dict[str, 
 
 
 def _finite_or_none(x: Any) -> float | None:
-    x = _number(x)
+    x = success.number(x)
     return x if math.isfinite(x) else None
-
-
-def _number(x: Any) -> float:
-    """A logged value as a float: non-finite values are logged as strings ("nan", "inf")."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _repaired_steps(history: list[dict[str, Any]]) -> int:
     """Steps the NaN/Inf repair changed (its running total, last logged)."""
     totals = [r["total_repaired"] for r in history if "total_repaired" in r]
-    return int(_number(totals[-1])) if totals else 0
+    return int(success.number(totals[-1])) if totals else 0
 
 
 def run(config: Config, workdir: str | None) -> dict[str, Any]:
@@ -318,59 +309,21 @@ def train_and_diagnose(config: Config, workdir: str | None) -> dict[str, Any]:
     start_report = gradient_report(cell, state.params, hidden_norms, diag_batch)
     print(f"at the start: {start_report['summary']}", flush=True)
 
-    # The check at each --eval_every boundary runs in stop_fn (the loop asks it before
-    # it logs the step), so that a solved problem or the time cap stops the run at that
-    # step; eval_fn then logs what the check measured.
-    clock = {"start": time.perf_counter(), "eval": 0.0}
-    check: dict[str, Any] = {"solved": False, "rate": float("nan")}
-
-    def train_seconds() -> float:
-        return time.perf_counter() - clock["start"] - clock["eval"]
-
-    def stop_fn(s: train.TrainState) -> bool:
-        step = int(s.step)
-        if step % config.eval_every and step != config.steps:
-            return False
-        t = time.perf_counter()
-        rate = error_rate(s.params, config.eval_sequences)
-        check.update(step=step, rate=rate, periodic_rate=rate, train_seconds=train_seconds(),
-                     norms=np.asarray(hidden_norms(s.params, diag_batch)))
-        if synthetic.solved(rate):
-            rate = error_rate(s.params, synthetic.NUM_TEST_SEQUENCES)
-            check.update(rate=rate, solved=synthetic.solved(rate), full_test=True)
-        clock["eval"] += time.perf_counter() - t
-        return check["solved"] or train_seconds() >= 60 * config.max_minutes
-
-    def eval_fn(s: train.TrainState) -> dict[str, Any]:
-        if check.get("step") != int(s.step):
-            stop_fn(s)  # the loop's last step when it is not a boundary
-        return {"error_rate": check["periodic_rate"], "hidden_grad_norms": check["norms"]}
-
-    def on_log(rec: dict[str, Any]) -> None:
-        if "eval_error_rate" not in rec:
-            return
-        extra = (f"lambda {_number(rec.get('damping')):.3g} rho {_number(rec.get('rho')):.2f} "
-                 f"cg {_number(rec.get('cg_iters')):.0f}" if config.optimizer == "hf"
-                 else f"|g| {_number(rec.get('grad_norm')):.3g}")
-        print(f"step {rec['step']:6d}  loss {_number(rec['loss']):.4g}  wrong "
-              f"{_number(rec['eval_error_rate']):.4f}  {extra}  "
-              f"train {check['train_seconds']:.0f}s",
-              flush=True)
-        if check.pop("full_test", False):
-            print(f"  on {synthetic.NUM_TEST_SEQUENCES} sequences: wrong {check['rate']:.4f}",
-                  flush=True)
-
-    loop = {**cli.loop_kwargs(config, workdir, on_log=on_log), "log_every": config.eval_every}
-    state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=eval_fn,
-                               eval_every=config.eval_every, jit=False, stop_fn=stop_fn, **loop)
-    if "step" not in check:  # a rerun of a finished run: nothing trained, measure it
-        stop_fn(state._replace(step=jnp.asarray(config.steps)))
+    check = success.Check(config, error_rate, lambda p: {
+        "hidden_grad_norms": np.asarray(hidden_norms(p, diag_batch))})
+    loop = {**cli.loop_kwargs(config, workdir, on_log=check.on_log),
+            "log_every": config.eval_every}
+    state, history = train.run(workdir, state, step_fn, batch_fn, eval_fn=check.eval_fn,
+                               eval_every=config.eval_every, jit=False, stop_fn=check.stop_fn,
+                               **loop)
+    check.finish(state)
 
     end_report = gradient_report(cell, state.params, hidden_norms, diag_batch)
     print(f"at the end: {end_report['summary']}", flush=True)
     outcome = dict(cli.as_dict(config), workdir=workdir, cell_name=cell.name,
-                   solved=check["solved"], error_rate=_finite_or_none(check["rate"]),
-                   updates=int(state.step), train_seconds=round(check["train_seconds"], 1),
+                   solved=check.result["solved"],
+                   error_rate=_finite_or_none(check.result["rate"]), updates=int(state.step),
+                   train_seconds=round(check.result["train_seconds"], 1),
                    compile_seconds=round(compile_seconds, 1),
                    final_loss=_finite_or_none(history[-1]["loss"]) if history else None,
                    repaired_steps=_repaired_steps(history), start=start_report, end=end_report)
