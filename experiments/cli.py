@@ -547,8 +547,10 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "ab+") as f:
-        f.seek(0, os.SEEK_END)
-        cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n")
+        cut = False
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
         f.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
 
 

@@ -106,6 +106,8 @@ class Config:
     hf_score_on: str = cli.field("separate", "HF: where backtracking, rho and the line search "
                                  "score the loss: a separate fresh batch (the paper) or the "
                                  "gradient batch.", choices=("separate", "gradient"))
+    hf_input_scale: float = cli.field(1.0, "HF: standard deviation of the sparse input "
+                                      "weights.", check=cli.positive)
     cg_iters: int = cli.field(300, "HF: cap on CG iterations per update.", check=cli.positive)
     hf_lambda: float = cli.field(1.0, "HF: initial damping lambda.", check=cli.positive)
     hidden: int = cli.field(100, "Hidden units of hf, hf_sd, adam_clip and lstm_adam "
@@ -165,11 +167,12 @@ def machine() -> str:
 def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     """The tagger, its params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
     if method in ("hf", "hf_sd"):
-        protocol = hessian_free.martens2011()
+        protocol = hessian_free.martens2011(input_scale=config.hf_input_scale)
         cell = cells.vanilla(config.hidden, protocol.activation,
                              recurrent_init=initializers.sparse(protocol.sparse_connections,
                                                                 radius=protocol.spectral_radius),
-                             input_init=initializers.sparse(protocol.sparse_connections))
+                             input_init=initializers.sparse(protocol.sparse_connections,
+                                                            protocol.input_scale))
     elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
         cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
                              recurrent_init=initializers.sparse(15, 0.01, radius=0.95),
@@ -530,7 +533,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            gradient_batch=protocol.gradient_batch,
                            curvature_batch=protocol.curvature_batch,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
-                           score_on=config.hf_score_on, hidden=config.hidden))
+                           score_on=config.hf_score_on, hidden=config.hidden,
+                           input_scale=config.hf_input_scale))
     if solved and config.generalize_to:
         params = jax.tree.map(lambda x: x[None], state.params)
         row["generalization"] = _generalization(task, predict, params, tests, config)[0]
@@ -571,6 +575,8 @@ def _budget_text(row: dict) -> str:
                  f"CG ≤ {b.get('cg_iters')}")
         if b.get("score_on", "separate") != "separate":
             text += f", scored on the {b['score_on']} batch"
+        if b.get("input_scale", 1.0) != 1.0:
+            text += f", input weights N(0, {b['input_scale']:g}²)"
     else:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
     return text
