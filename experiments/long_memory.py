@@ -178,8 +178,7 @@ def make_cell(config: Config) -> cells.Cell:
     """The cell of ``--cell``/``--hidden`` with ``--recurrent_init``/``--spectral_radius``."""
     protocol = protocol_of(config)
     if protocol is not None:
-        return cells.by_name(protocol.activation, protocol.hidden,
-                             recurrent_init=protocol.recurrent_init)
+        return hf.protocol_cell(protocol)
     kwargs: dict[str, Any] = {}
     if config.recurrent_init != "default":
         kwargs["recurrent_init"] = config.recurrent_init

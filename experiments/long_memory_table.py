@@ -106,8 +106,9 @@ class Config:
     hf_score_on: str = cli.field("separate", "HF: where backtracking, rho and the line search "
                                  "score the loss: a separate fresh batch (the paper) or the "
                                  "gradient batch.", choices=("separate", "gradient"))
-    hf_input_scale: float = cli.field(1.0, "HF: standard deviation of the sparse input "
-                                      "weights.", check=cli.positive)
+    hf_input_scale: float = cli.field(0.1, "HF: standard deviation of the sparse input "
+                                      "weights (1 left HF on a plateau at T = 100).",
+                                      check=cli.positive)
     cg_iters: int = cli.field(300, "HF: cap on CG iterations per update.", check=cli.positive)
     hf_lambda: float = cli.field(1.0, "HF: initial damping lambda.", check=cli.positive)
     hidden: int = cli.field(100, "Hidden units of hf, hf_sd, adam_clip and lstm_adam "
@@ -167,12 +168,8 @@ def machine() -> str:
 def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     """The tagger, its params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
     if method in ("hf", "hf_sd"):
-        protocol = hessian_free.martens2011(input_scale=config.hf_input_scale)
-        cell = cells.vanilla(config.hidden, protocol.activation,
-                             recurrent_init=initializers.sparse(protocol.sparse_connections,
-                                                                radius=protocol.spectral_radius),
-                             input_init=initializers.sparse(protocol.sparse_connections,
-                                                            protocol.input_scale))
+        cell = hf_adapter.protocol_cell(hessian_free.martens2011(
+            hidden=config.hidden, input_scale=config.hf_input_scale))
     elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
         cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
                              recurrent_init=initializers.sparse(15, 0.01, radius=0.95),

@@ -233,7 +233,6 @@ def test_float64_params_keep_every_product_in_float64(loss_name):
 
 def test_martens2011_protocol_solves_addition_at_T10_in_a_few_updates():
     """The paper's protocol (smaller batches: 2,000 / 500 / 500, 100 CG steps) on T = 10."""
-    from rnnjax import initializers
     from rnnjax.data import synthetic
     from rnnjax.models import hf as adapter, tagger
 
@@ -242,8 +241,9 @@ def test_martens2011_protocol_solves_addition_at_T10_in_a_few_updates():
     assert (protocol.hidden, protocol.sparse_connections, protocol.max_cg_iters,
             protocol.structural_damping) == (100, 15, 100, 1 / 30)
     task = synthetic.get("addition")
-    cell = cells.vanilla(protocol.hidden, "tanh", input_init=initializers.sparse(15),
-                         recurrent_init=initializers.sparse(15, radius=protocol.spectral_radius))
+    cell = adapter.protocol_cell(protocol)
+    w_xh = cell.init(jax.random.PRNGKey(3), task.input_size)["W_xh"]
+    assert int((w_xh != 0).sum()) == 2 * 100 and float(jnp.std(w_xh)) < 0.2  # sparse, scaled down
     model = tagger.make(cell, task.input_size, task.output_size, readout_scale=0.01)
     params = model.init(jax.random.PRNGKey(0))
 

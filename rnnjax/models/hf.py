@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping
 from rnnjax.optim import hessian_free as hf_lib
 from rnnjax.optim.hf_losses import OutputLoss, for_kind
 
-__all__ = ["DEFAULTS", "optimizer", "from_protocol", "state_and_step", "language_model"]
+__all__ = ["DEFAULTS", "optimizer", "from_protocol", "protocol_cell", "state_and_step",
+           "language_model"]
 
 # The experiments' flag names and their defaults.
 DEFAULTS: dict[str, Any] = {"cg_iters": 100, "hf_lambda": 1.0, "hf_mu": 0.0,
@@ -54,6 +55,18 @@ def from_protocol(net: Callable, loss: OutputLoss | str,
     if kwargs["preconditioner"]:
         kwargs["example_axes"] = 1
     return hf_lib.hessian_free(net, _output_loss(loss), **kwargs)
+
+
+def protocol_cell(protocol: hf_lib.Protocol):
+    """The recurrent cell of ``protocol``: ``protocol.hidden`` units of its activation,
+    sparse W_hh (``sparse_connections`` incoming weights per unit) at
+    ``spectral_radius``, sparse input weights of standard deviation ``input_scale``."""
+    from rnnjax import cells, initializers
+
+    k = protocol.sparse_connections
+    return cells.vanilla(protocol.hidden, protocol.activation,
+                         recurrent_init=initializers.sparse(k, radius=protocol.spectral_radius),
+                         input_init=initializers.sparse(k, protocol.input_scale))
 
 
 def state_and_step(net: Callable, loss: OutputLoss | str, params: Any,

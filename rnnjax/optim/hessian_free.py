@@ -395,10 +395,9 @@ class Protocol:
 
     hidden: int = 100
     activation: str = "tanh"
-    recurrent_init: str = "sparse"     # 15 non-zero incoming weights per unit
     sparse_connections: int = 15
     spectral_radius: float | None = 1.1
-    input_scale: float = 1.0           # stddev of the sparse input weights
+    input_scale: float = 0.1           # stddev of the sparse input weights
     initial_damping: float = 1.0
     structural_damping: float = 1.0 / 30.0
     max_cg_iters: int = 300
