@@ -135,6 +135,8 @@ class Config:
                                  "2-core CPU it was 0.57-1.0x as fast as one by one.")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
+    only_tags: tuple[str, ...] = cli.field((), "--summary and --plot: only the rows with these "
+                                           "tags (default: every row).")
     summary: bool = cli.field(False, "Only print the rows in --results as a markdown table, "
                               "one line per cell (seeds pooled), and train nothing.")
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
@@ -572,8 +574,7 @@ def _budget_text(row: dict) -> str:
                  f"CG ≤ {b.get('cg_iters')}")
         if b.get("score_on", "separate") != "separate":
             text += f", scored on the {b['score_on']} batch"
-        if b.get("input_scale", 1.0) != 1.0:
-            text += f", input weights N(0, {b['input_scale']:g}²)"
+        text += f", inputs N(0, {b.get('input_scale', 1.0):g}²)"  # rows before the key: 1
     else:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
     return text
@@ -594,7 +595,7 @@ def summarize(rows: list[dict]) -> str:
     for cell in sorted(cells, key=order):
         mine = sorted(cells[cell], key=lambda r: r["seed"])
         won = [r for r in mine if r["solved"]]
-        med = lambda k: f"{np.median([r[k] for r in won]):g}" if won else "–"
+        med = lambda k: f"{np.median([r[k] for r in won]):.0f}" if won else "–"
         T = f"{cell[4]}–{cell[1]}" if cell[4] else str(cell[1])
         general = "; ".join(f"T={L}: " + "/".join(f"{100 * r['generalization'][L]:.1f}%"
                                                    for r in won if "generalization" in r)
@@ -644,10 +645,12 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     """
     cli.validate(config)
     if config.plot or config.summary:
-        rows = cli.read_jsonl(config.results)
+        rows = [r for r in cli.read_jsonl(config.results)
+                if not config.only_tags or r.get("tag", "") in config.only_tags]
         if not rows:
             raise cli.ConfigError("results", config.results,
-                                  "--plot and --summary need a results file with rows")
+                                  "--plot and --summary need a results file with rows"
+                                  + (" with the --only_tags" if config.only_tags else ""))
         if config.summary:
             print(summarize(rows))
         if config.plot:
