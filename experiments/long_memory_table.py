@@ -615,22 +615,29 @@ def plot_success(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     groups = sorted({(r["method"], r.get("tag", "")) for r in rows},
                     key=lambda g: (METHODS.index(g[0]) if g[0] in METHODS else 99, g[1]))
-    for method, tag in groups:  # one line per method and tag (a tag is a budget or protocol)
+    for i, (method, tag) in enumerate(groups):  # a line per method and tag (budget, protocol)
         mine = [r for r in rows if r["method"] == method and r.get("tag", "") == tag]
         lengths = sorted({int(r["T"]) for r in mine})
-        solved = [np.mean([r["solved"] for r in mine if int(r["T"]) == T]) for T in lengths]
+        won = [sum(r["solved"] for r in mine if int(r["T"]) == T) for T in lengths]
         counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
-        ax.plot(lengths, solved, "o-", label=f"{method} {tag}".strip())
-        for T, y, n in zip(lengths, solved, counts):
-            ax.annotate(str(n), (T, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        line, = ax.plot(lengths, [w / n for w, n in zip(won, counts)], "o-",
+                        label=f"{method} {tag}".strip())
+        for T, w, n in zip(lengths, won, counts):  # solved/run beside each point, staggered
+            ax.annotate(f"{w}/{n}", (T, w / n), textcoords="offset points",
+                        xytext=(5, 6 - 9 * (i % 3)), fontsize=7, color=line.get_color())
+    ax.set_xscale("log")
+    ticks = sorted({int(r["T"]) for r in rows})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("T (nominal sequence length)")
-    ax.set_ylabel("fraction of rows solved")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Long-term-dependency problems (numbers: rows run)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_ylabel("fraction of seeds solved")
+    ax.set_ylim(-0.08, 1.08)
+    ax.set_title("Long-term-dependency problems, problems pooled (labels: solved/run)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
