@@ -577,6 +577,8 @@ def _budget_text(row: dict) -> str:
         text += f", inputs N(0, {b.get('input_scale', 1.0):g}²)"  # rows before the key: 1
     else:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
+    if row["updates"] >= b.get("max_updates", float("inf")):  # stopped by the update cap
+        text += f", ≤ {b['max_updates']} updates"
     return text
 
 
