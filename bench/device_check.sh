@@ -12,13 +12,7 @@
 # the whole script ends within ~9 minutes; logs go to $OUT (or /tmp/rnnjax_device).
 #
 #   bash bench/device_check.sh
-set -u
-OUT=${OUT:-/tmp/rnnjax_device}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site:$PYTHONPATH"
-PY=${PYTHON:-python3}
+source bench/device_env.sh
 
 { date -u; nvidia-smi -L; nproc
   $PY -c "import sys, jax, flax, optax, orbax.checkpoint, chex, torch; print(sys.version.split()[0], 'jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', orbax.checkpoint.__version__, 'chex', chex.__version__, 'torch', torch.__version__, torch.cuda.is_available())"

@@ -6,13 +6,7 @@
 # $OUT/long_memory_table.jsonl; append them to docs/long_memory_table.jsonl here.
 #
 #   bash bench/device_hf.sh
-set -u
-OUT=${OUT:-/tmp/rnnjax_device}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ -d .whl/site ] && export PYTHONPATH="$PWD/.whl/site:$PYTHONPATH"
-PY=${PYTHON:-python3}
+source bench/device_env.sh
 { date -u; nvidia-smi -L; $PY -c "import jax; print(jax.__version__, jax.devices())"; } \
   2>&1 | tee "$OUT/hf_env.txt"
 for problem in addition temporal_order; do
