@@ -331,12 +331,19 @@ def test_a_full_disk_at_a_metrics_write_is_a_one_line_error(tmp_path, straight, 
     assert losses(resumed) == losses(history)
 
 
-def _mount_tmpfs(path, size: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)
-    return done.returncode == 0
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MB tmpfs (needs root), unmounted afterwards; skipped where it cannot be."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+            capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); ENOSPC is injected above instead")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 def _wide_run(wd, steps=30):
@@ -351,24 +358,18 @@ def _wide_run(wd, steps=30):
                      log_every=1, checkpoint_every=1, keep=None, progress=False)
 
 
-def test_a_really_full_disk_stops_cleanly_and_the_run_resumes_after_space_is_freed(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    if not _mount_tmpfs(small, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root); ENOSPC is injected above instead")
-    try:
-        wd = str(small / "w")
-        with pytest.raises(errors.DiskFullError) as info:
-            _wide_run(wd)
-        assert "\n" not in str(info.value) and "disk is full" in str(info.value)
-        kept = checkpoint.latest_step(wd)
-        assert kept is not None and f"checkpoint {kept}" in str(info.value)
-        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
-        _, resumed = _wide_run(wd)
-        _, straight = _wide_run(str(tmp_path / "straight"))
-        assert losses(resumed) == losses(straight)
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+def test_a_really_full_disk_stops_cleanly_and_the_run_resumes_after_space_is_freed(
+        tmp_path, tiny_disk):
+    wd = str(tiny_disk / "w")
+    with pytest.raises(errors.DiskFullError) as info:
+        _wide_run(wd)
+    assert "\n" not in str(info.value) and "disk is full" in str(info.value)
+    kept = checkpoint.latest_step(wd)
+    assert kept is not None and f"checkpoint {kept}" in str(info.value)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)
+    _, resumed = _wide_run(wd)
+    _, straight = _wide_run(str(tmp_path / "straight"))
+    assert losses(resumed) == losses(straight)
 
 
 def test_a_full_disk_never_damages_a_side_file(tmp_path, monkeypatch):
@@ -415,17 +416,10 @@ cli.call(run, cli.TrainConfig(), sys.argv[1])
 """
 
 
-def test_a_command_on_a_full_disk_prints_one_line_and_no_traceback(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    if not _mount_tmpfs(small, "1m"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(small / "w")],
-                              capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONPATH=os.getcwd()))
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+def test_a_command_on_a_full_disk_prints_one_line_and_no_traceback(tiny_disk):
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(tiny_disk / "w")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith("error: the disk is full while writing")
