@@ -251,12 +251,15 @@ def _batches(task: synthetic.Task, batch_size: int, steps: int):
     return lambda keys, update, L: at(L)(keys, update)
 
 
+def _predictor(net):
+    """``predict(params [N, ...], inputs [N, T, b, D]) -> outputs [N, T, b, O]``, jitted."""
+    return jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
+
+
 def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
                  n: int) -> np.ndarray:
-    """[N] fraction of ``n`` fresh length-L sequences each network gets wrong.
-
-    ``predict(params [N, ...], inputs [N, T, b, D]) -> outputs [N, T, b, O]``.
-    """
+    """[N] fraction of ``n`` fresh length-L sequences each network gets wrong
+    (``predict`` from :func:`_predictor`)."""
     chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))  # hidden states stay < ~1 GB
     draw = _batches(task, chunk, task.steps(L))
     wrong, done, i = np.zeros(len(keys)), 0, 0
@@ -339,6 +342,16 @@ class _Progress:
             self.bar.close()
 
 
+def _program(problem: str, T: int, method: str, seeds: tuple[int, ...],
+             config: Config, workdir: str | None) -> tuple[_Progress, _Saver]:
+    """The progress bar and the saver of the program training ``seeds`` in one cell."""
+    seeds_text = ",".join(map(str, seeds))
+    progress = _Progress(config, f"{problem} T={T} {method} seed {seeds_text}")
+    saver = _Saver(workdir, f"{problem}-T{T}-{method}-seeds{seeds_text}-{config.tag}"
+                   f"-min{config.min_train_length}", config)
+    return progress, saver
+
+
 def _row(problem: str, T: int, method: str, seed: int, config: Config, **fields) -> dict:
     row: dict[str, Any] = dict(problem=problem, T=T, method=method, seed=seed, tag=config.tag)
     if config.min_train_length is not None:
@@ -380,12 +393,10 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     step = jax.jit(jax.vmap(masked_step)).lower(
         states, draw(data_keys, 0, lengths(0)), jnp.ones(len(seeds), bool)).compile()
     compile_seconds = time.perf_counter() - t0
-    predict = jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
+    predict = _predictor(net)
 
     n = len(seeds)
-    progress = _Progress(config, f"{problem} T={T} {method} seed {','.join(map(str, seeds))}")
-    saver = _Saver(workdir, f"{problem}-T{T}-{method}-seeds{'_'.join(map(str, seeds))}"
-                   f"-{config.tag}-min{config.min_train_length}", config)
+    progress, saver = _program(problem, T, method, seeds, config, workdir)
 
     def snapshot():
         return dict(states=states, active=active.astype(np.int8), done_at=done_at,
@@ -485,7 +496,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         lengths.warm_up(draw, keys[0])
     step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()
     compile_seconds = time.perf_counter() - t0
-    predict = jax.jit(jax.vmap(lambda p, xs: net(p, synthetic.Batch(xs, None, None))[0]))
+    predict = _predictor(net)
     tests = test_key[None]
 
     def error_rate(n: int, keys=tests) -> float:
@@ -493,9 +504,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         return float(_error_rates(task, predict, params, keys, T, n)[0])
 
     eval_every = max(1, config.eval_every // 20)
-    progress = _Progress(config, f"{problem} T={T} {method} seed {seed}")
-    saver = _Saver(workdir, f"{problem}-T{T}-{method}-seeds{seed}-{config.tag}"
-                   f"-min{config.min_train_length}", config)
+    progress, saver = _program(problem, T, method, (seed,), config, workdir)
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
 
     def snapshot():
@@ -554,16 +563,15 @@ def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...], config: 
 
 # ----------------------------------------------------------------------------- the table
 
-def row_key(row: dict) -> tuple:
-    """What makes a row: problem, T, method, seed, tag and the shortest training length."""
-    lowest = row.get("train_lengths", [None])[0]
-    return (row["problem"], int(row["T"]), row["method"], int(row["seed"]), row.get("tag", ""),
-            lowest)
-
-
 def _cell_of(row: dict) -> tuple:
+    """A row's cell: problem, T, method, tag and the shortest training length."""
     lowest = row.get("train_lengths", [None])[0]
     return (row["problem"], int(row["T"]), row["method"], row.get("tag", ""), lowest)
+
+
+def row_key(row: dict) -> tuple:
+    """What makes a row: its cell and its seed."""
+    return (*_cell_of(row), int(row["seed"]))
 
 
 def _budget_text(row: dict) -> str:
@@ -679,8 +687,8 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     for T in config.lengths:
         for problem in config.problems:
             for method in config.methods:
-                todo = [s for s in config.seeds
-                        if (problem, T, method, s, config.tag, config.min_train_length) not in done]
+                cell = (problem, T, method, config.tag, config.min_train_length)
+                todo = [s for s in config.seeds if (*cell, s) not in done]
                 skipped += len(config.seeds) - len(todo)
                 together = config.vmap_seeds and method not in ("hf", "hf_sd")
                 for group in ([tuple(todo)] if together and todo else [(s,) for s in todo]):
