@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable
 import jax
 from absl import app, flags, logging  # logging also defines --verbosity
 
-from rnnjax import cells, compile_cache, distributed, errors, tensorboard
+from rnnjax import cells, compile_cache, distributed, errors, metrics, tensorboard
 from rnnjax import workdir as workdir_lib
 from rnnjax.optim import factory as optim_factory
 
@@ -558,24 +558,9 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     """The records of a results file written by :func:`append_jsonl` ([] if none).
 
     A line that is not a JSON object (cut short by a killed run) is skipped with a
-    warning naming the file and line.
+    warning naming the file and line (:func:`rnnjax.metrics.read_jsonl`).
     """
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                logging.warning("%s line %d is not a JSON record; skipped", path, number)
-    return records
+    return metrics.read_jsonl(path) if os.path.exists(path) else []
 
 
 def check_workdir(workdir: str) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 
 from rnnjax import atomic
 
-__all__ = ["FILE", "path_of", "read", "read_records", "append", "write", "truncate", "to_json"]
+__all__ = ["FILE", "path_of", "read", "read_records", "read_jsonl", "append", "write", "truncate",
+           "to_json"]
 
 FILE = "metrics.jsonl"
 
@@ -44,7 +45,10 @@ def to_json(x: Any) -> Any:
     return [to_json(a) for a in arr]
 
 
-def _read_file(path: str) -> list[Record]:
+def read_jsonl(path: str, *, needs_step: bool = False) -> list[Record]:
+    """The JSON objects of a ``.jsonl`` file, one per line, in file order (with
+    ``needs_step``: only those with an integer ``step``). Any other line (cut short by a
+    kill, a flipped byte) is skipped, and one warning names the file and those lines."""
     records: list[Record] = []
     bad: list[int] = []
     with open(path, "rb") as f:
@@ -56,7 +60,7 @@ def _read_file(path: str) -> list[Record]:
                 record = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 record = None
-            if isinstance(record, dict) and isinstance(record.get("step"), int):
+            if isinstance(record, dict) and (not needs_step or isinstance(record.get("step"), int)):
                 records.append(record)
             else:
                 bad.append(number)
@@ -70,7 +74,7 @@ def _read_file(path: str) -> list[Record]:
 def read(workdir: str) -> list[Record]:
     """The valid records of ``workdir/metrics.jsonl`` in file order ([] if none)."""
     path = path_of(workdir)
-    return _read_file(path) if os.path.exists(path) else []
+    return read_jsonl(path, needs_step=True) if os.path.exists(path) else []
 
 
 def read_records(source: str | Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -81,7 +85,7 @@ def read_records(source: str | Iterable[Mapping[str, Any]]) -> list[Mapping[str,
     if not os.path.isfile(path):
         raise ValueError(f"no metrics file at {path!r}: pass a workdir holding {FILE}, "
                          "a .jsonl path, or the records")
-    return _read_file(path)
+    return read_jsonl(path, needs_step=True)
 
 
 def append(workdir: str, record: Mapping[str, Any]) -> None:
