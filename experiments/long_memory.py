@@ -28,8 +28,9 @@ tanh cells; SGD-CR is ``--optimizer=sgd --learning_rate=0.01 --clip_norm=1
 ``--optimizer=hf`` trains with Hessian-free (Martens & Sutskever 2011;
 ``--cg_iters``, ``--hf_lambda``, ``--hf_mu``, ``--curvature_batch_size``), and
 ``--hf_protocol=martens2011`` with every setting of their paper (100 tanh units,
-sparse init with W_hh at spectral radius 1.1 and inputs scaled down, μ = 1/30, up to 300 CG steps, 10,000 fresh sequences for the gradient
-and separate 1,000-sequence batches for the curvature and the line search).
+sparse init with W_hh at spectral radius 1.1 and inputs scaled down, μ = 1/30, up to
+300 CG steps, 10,000 fresh sequences for the gradient and separate 1,000-sequence
+batches for the curvature and the line search).
 
 ``--lengths=10,20,50`` runs a sweep instead: each of ``--variants`` (a cell and its
 remedies: tanh, tanh+clip, irnn, lstm, gru) at each length, one workdir per run

@@ -27,7 +27,8 @@ every step; the task's mask scores the steps that matter):
 
 Training time excludes compilation and the periodic checks (every ``--eval_every``
 updates, or every 5% of the updates made so far when that is more, on 1,000 fresh
-sequences; the 10,000-sequence test runs when that check passes). ``--generalize_to`` also scores a solved model at longer lengths.
+sequences; the 10,000-sequence test runs when that check passes). ``--generalize_to``
+also scores a solved model at longer lengths.
 
 With ``--vmap_seeds`` the first-order methods train the seeds of a cell together,
 one vmapped program (a solved network stops updating, the others go on), so their
@@ -144,8 +145,8 @@ class Config:
 
     def check(self) -> None:
         if self.min_train_length is not None and self.min_train_length > min(self.lengths):
-            raise cli.ConfigError("min_train_length", self.min_train_length,
-                                  f"expected at most the shortest of --lengths ({min(self.lengths)})")
+            raise cli.ConfigError("min_train_length", self.min_train_length, "expected at most "
+                                  f"the shortest of --lengths ({min(self.lengths)})")
         if self.hf_curvature_batch > self.hf_gradient_batch:
             raise cli.ConfigError("hf_curvature_batch", self.hf_curvature_batch,
                                   f"expected at most hf_gradient_batch={self.hf_gradient_batch}")
