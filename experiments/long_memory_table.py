@@ -168,11 +168,20 @@ def machine() -> str:
 
 # ----------------------------------------------------------------------------- models
 
+def hf_protocol(method: str, config: Config) -> hessian_free.Protocol:
+    """Martens & Sutskever's protocol with the table's settings (``hf``: μ = 0)."""
+    return hessian_free.martens2011(
+        structural_damping=1.0 / 30.0 if method == "hf_sd" else 0.0,
+        max_cg_iters=config.cg_iters, initial_damping=config.hf_lambda,
+        gradient_batch=config.hf_gradient_batch, curvature_batch=config.hf_curvature_batch,
+        eval_batch=config.hf_curvature_batch, hidden=config.hidden,
+        input_scale=config.hf_input_scale)
+
+
 def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     """The tagger, its params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
     if method in ("hf", "hf_sd"):
-        cell = hf_adapter.protocol_cell(hessian_free.martens2011(
-            hidden=config.hidden, input_scale=config.hf_input_scale))
+        cell = hf_adapter.protocol_cell(hf_protocol(method, config))
     elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
         cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
                              recurrent_init=initializers.sparse(15, 0.01, radius=0.95),
@@ -473,11 +482,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     task = synthetic.get(problem)
     init_key, data_key, test_key = (_keys((seed,), i)[0] for i in range(3))
     _, params, net = build(method, task, config, init_key)
-    protocol = hessian_free.martens2011(
-        structural_damping=1.0 / 30.0 if method == "hf_sd" else 0.0,
-        max_cg_iters=config.cg_iters, initial_damping=config.hf_lambda,
-        gradient_batch=config.hf_gradient_batch, curvature_batch=config.hf_curvature_batch,
-        eval_batch=config.hf_curvature_batch, hidden=config.hidden)
+    protocol = hf_protocol(method, config)
     state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
     lengths = Lengths(task, T, config.min_train_length, seed)
     draws = {n: _batches(task, n, lengths.steps)
@@ -543,7 +548,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            curvature_batch=protocol.curvature_batch,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
-                           input_scale=config.hf_input_scale))
+                           input_scale=protocol.input_scale))
     if solved and config.generalize_to:
         params = jax.tree.map(lambda x: x[None], state.params)
         row["generalization"] = _generalization(task, predict, params, tests, config)[0]
