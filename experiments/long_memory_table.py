@@ -329,8 +329,9 @@ class _Saver:
 
 
 class _Progress:
-    """A bar over a program's training-time budget (seconds), with its updates and the
-    last check's error rate of each network; silent with ``--noprogress``."""
+    """A bar over a program's training-time budget (seconds), with its updates, the
+    last check's error rate of each network and a note (HF: λ and ρ); silent with
+    ``--noprogress``."""
 
     def __init__(self, config: Config, label: str):
         self.bar, self.shown = None, 0.0
@@ -339,13 +340,13 @@ class _Progress:
             self.bar = tqdm(total=round(60 * config.max_minutes), desc=label, unit="s",
                             dynamic_ncols=True, leave=False)
 
-    def __call__(self, train_time: float, updates: int, rates) -> None:
+    def __call__(self, train_time: float, updates: int, rates, note: str = "") -> None:
         if self.bar is None:
             return
         self.bar.update(min(round(train_time), self.bar.total) - self.shown)
         self.shown = min(round(train_time), self.bar.total)
         wrong = "/".join(f"{100 * r:.1f}%" for r in np.atleast_1d(rates))
-        self.bar.set_postfix_str(f"{updates} updates, wrong {wrong}")
+        self.bar.set_postfix_str(f"{updates} updates, wrong {wrong}{note}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -532,7 +533,9 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
-        progress(train_time, updates, rate)
+        # λ and ρ say whether HF is still taking real steps (a λ that only grows is stuck)
+        progress(train_time, updates, rate,
+                 f", λ {float(metrics['damping']):.3g}, ρ {float(metrics['rho']):.2f}")
         if solved:
             break
         saver(snapshot(), train_time)
