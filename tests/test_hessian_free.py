@@ -125,16 +125,36 @@ def test_cg_stops_at_iteration_cap_and_warm_start_is_used():
     assert float(warm.phi[0]) <= float(res.phi[5])        # starts where cold CG cannot reach
 
 
-def test_backtracking_returns_the_best_kept_iterate():
+def test_backtracking_steps_back_from_the_last_iterate_while_the_loss_improves():
     A, b = spd_system(n=20, cond=100.0)
-    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=40, tol=0.0)
-    target = res.saved[3] + 1e-3                           # some objective minimised near row 3
+    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=41, tol=0.0)
+    rows = [int(i) for i in res.saved_iters]
+    assert rows[-1] == 41 and len(set(rows)) == len(rows)  # 41 is not on the schedule
+    # an objective minimised near row 3: the search walks back to it and one row past
+    target = res.saved[3] + 1e-3
     objective = lambda p: jnp.sum((p - target) ** 2)
-    p, value, it = hf.backtrack(objective, res)
-    values = [float(objective(r)) for r, i in zip(res.saved, res.saved_iters) if i >= 0]
+    p, value, it, evals = hf.backtrack(objective, res)
+    values = [float(objective(r)) for r in res.saved]
     assert float(value) == pytest.approx(min(values))
     np.testing.assert_array_equal(p, res.saved[3])
-    assert int(it) == int(res.saved_iters[3])
+    assert int(it) == rows[3] and int(evals) == len(rows) - 3 + 1
+    # Martens' rule stops at the first increase: a better row further back is not seen
+    score = jnp.asarray([0.0, 5.0, 5.0, 5.0] + [9.0] * (len(rows) - 6) + [2.0, 3.0])
+    objective = lambda p: score[jnp.argmin(jnp.sum((res.saved - p) ** 2, axis=1))]
+    p, value, it, evals = hf.backtrack(objective, res)
+    assert int(it) == rows[-2] and float(value) == 2.0 and int(evals) == 3
+    # a last iterate that blows up: the search steps back to a finite one
+    blow = jnp.asarray([1.0] * (len(rows) - 2) + [0.5, jnp.nan])
+    objective = lambda p: blow[jnp.argmin(jnp.sum((res.saved - p) ** 2, axis=1))]
+    p, value, it, evals = hf.backtrack(objective, res)
+    assert int(it) == rows[-2] and float(value) == 0.5 and int(evals) == 3
+    # CG stopped on a scheduled iteration (14): that row is the last iterate, scored once;
+    # CG's error in the A-norm falls at every iteration, so the search stops one row back
+    res = hf.conjugate_gradient(lambda x: A @ x, b, jnp.zeros_like(b), max_iters=14, tol=0.0)
+    assert [int(i) for i in res.saved_iters[-2:]] == [14, 14]
+    e = lambda p: p - jnp.linalg.solve(A, b)
+    p, value, it, evals = hf.backtrack(lambda p: jnp.vdot(e(p), A @ e(p)), res)
+    assert int(it) == 14 and int(evals) == 2
 
 
 @pytest.mark.parametrize("rho,direction", [(-1.0, 1), (0.1, 1), (0.5, 0), (0.9, -1),

@@ -3,8 +3,8 @@
 The inner solver and step controls of Hessian-free optimization (Martens 2010 §4;
 Martens & Sutskever 2012, "Training deep and recurrent networks with
 Hessian-free optimization"): :func:`conjugate_gradient` keeps the iterates at
-geometrically spaced iterations, :func:`backtrack` picks the best of them on the
-loss, :func:`update_damping` is the Levenberg–Marquardt rule and
+geometrically spaced iterations, :func:`backtrack` steps back through them on
+the loss while it improves, :func:`update_damping` is the Levenberg–Marquardt rule and
 :func:`line_search` the final Armijo search. All work on flat vectors [n] in the
 dtype of their inputs.
 """
@@ -131,19 +131,42 @@ def conjugate_gradient(
     return CGResult(x, i, saved, saved_iters, phi)
 
 
-def backtrack(objective: Callable[[Array], Array], result: CGResult) -> tuple[Array, Array, Array]:
-    """CG backtracking: the kept iterate with the lowest ``objective``.
+def backtrack(objective: Callable[[Array], Array],
+              result: CGResult) -> tuple[Array, Array, Array, Array]:
+    """Martens' CG backtracking: from the last iterate back through the kept ones.
 
-    Returns ``(p, objective(p), iteration of p)``. Non-finite objective values and
-    rows never reached count as +inf; ties go to the later iterate.
+    Scores the last iterate, then each earlier kept iterate in turn while the
+    ``objective`` does not get worse, and stops at the first one that does (Martens
+    2010 §4.6): usually one or two evaluations, where scoring every kept iterate
+    costs one per row. Non-finite values count as +inf, so the search steps back
+    past iterates that blow up; if all do, the first kept iterate is returned.
+
+    Returns ``(p, objective(p), iteration of p, evaluations)``.
     """
-    values = jax.lax.map(objective, result.saved)
-    values = jnp.where((result.saved_iters >= 0) & jnp.isfinite(values), values, jnp.inf)
-    # argmin over the reversed rows: among equal values prefer the later iterate.
-    best = values.shape[0] - 1 - jnp.argmin(values[::-1])
-    # If every value is inf (all steps blow up), fall back to the first kept iterate.
-    best = jnp.where(jnp.isfinite(values[best]), best, 0)
-    return result.saved[best], values[best], result.saved_iters[best]
+    saved, its = result.saved, result.saved_iters
+    last = saved.shape[0] - 1
+    reached = jnp.sum(its[:last] >= 0)  # the schedule rows reached are a prefix
+    # the last schedule row may hold the last iterate itself (CG stopped on it): skip it
+    start = jnp.where((reached > 0) & (its[jnp.maximum(reached - 1, 0)] == its[last]),
+                      reached - 2, reached - 1)
+
+    def score(p):
+        v = objective(p)
+        return jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+    def cond(c):
+        j, _, _, _, going = c
+        return (j >= 0) & going
+
+    def body(c):
+        j, best, f_best, evals, _ = c
+        v = score(saved[j])
+        take = v <= f_best  # inf <= inf: keep stepping back past blow-ups
+        return (j - 1, jnp.where(take, j, best), jnp.where(take, v, f_best), evals + 1, take)
+
+    init = (start, jnp.asarray(last, start.dtype), score(saved[last]), jnp.int32(1), jnp.bool_(True))
+    _, best, f_best, evals, _ = jax.lax.while_loop(cond, body, init)
+    return saved[best], f_best, its[best], evals
 
 
 # ----------------------------------------------------------------------------

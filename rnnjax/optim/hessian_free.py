@@ -36,8 +36,9 @@ One update (:func:`hessian_free` ``.update``), following Martens (2010) §4:
    optional diagonal preconditioner ``(diag(mean_i g_i²) + λ)^0.75``;
    ``Sᴳ = J_hᵀ J_h / B`` is the Gauss–Newton matrix of the structural-damping
    penalty ``(1/2B) Σ_{t,b,j} Δh²`` on the hidden states (Martens & Sutskever 2011);
-4. CG backtracking: the iterates kept at geometrically spaced iterations
-   (ceil(1.3^k)) and the last one are scored on the loss; the best is chosen;
+4. CG backtracking: the last iterate is scored on the loss, then the iterates
+   kept at geometrically spaced iterations (ceil(1.3^k)) from the latest back,
+   while the loss does not get worse (Martens 2010 §4.6);
 5. the reduction ratio ρ = (f(θ+p) − f(θ)) / (gᵀp + ½ pᵀGp) (the undamped
    model; 0 where that model predicts no decrease) moves λ by the
    Levenberg–Marquardt rule (ρ < ¼: λ·3/2; ρ > ¾: λ·2/3);
@@ -341,7 +342,7 @@ def hessian_free(
         precond = diag_preconditioner(params, curvature_batch, lam) if preconditioner else None
         cg = conjugate_gradient(damped, -g, cg_decay * state.direction, max_iters=max_cg_iters,
                                 tol=cg_tol, preconditioner=precond, backtrack_gap=backtrack_gap)
-        p, f_p, best_iter = backtrack(lambda d: f(flat + d), cg)
+        p, f_p, best_iter, bt_evals = backtrack(lambda d: f(flat + d), cg)
 
         slope = jnp.vdot(g, p)
         model_decrease = slope + 0.5 * jnp.vdot(p, gv(p, 0.0))  # undamped model q(p) − q(0)
@@ -356,14 +357,13 @@ def hessian_free(
                                             decay=line_search_decay, c=line_search_c,
                                             max_steps=line_search_steps)
         new_params = unravel(flat + rate * p)
-        n_saved = jnp.sum(cg.saved_iters >= 0).astype(jnp.float32)
         new_state = HFState(
             damping=new_lam.astype(state.damping.dtype),
             direction=cg.x,
             updates=state.updates + 1,
             grad_evals=state.grad_evals + 1.0,
             curvature_products=state.curvature_products + (cg.iters + 2).astype(jnp.float32),
-            loss_evals=(state.loss_evals + n_saved + ls_evals.astype(jnp.float32)
+            loss_evals=(state.loss_evals + (bt_evals + ls_evals).astype(jnp.float32)
                         + (0.0 if eval_batch is None else 1.0)),
         )
         info = {
