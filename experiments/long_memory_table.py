@@ -533,9 +533,10 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
-        # λ and ρ say whether HF is still taking real steps (a λ that only grows is stuck)
+        # the current λ and the last ρ say whether HF still takes real steps (a λ that
+        # only grows is stuck)
         progress(train_time, updates, rate,
-                 f", λ {float(metrics['damping']):.3g}, ρ {float(metrics['rho']):.2f}")
+                 f", λ {float(state.opt_state.damping):.3g}, ρ {float(metrics['rho']):.2f}")
         if solved:
             break
         saver(snapshot(), train_time)

@@ -145,10 +145,10 @@ def backtrack(objective: Callable[[Array], Array],
     """
     saved, its = result.saved, result.saved_iters
     last = saved.shape[0] - 1
-    reached = jnp.sum(its[:last] >= 0)  # the schedule rows reached are a prefix
-    # the last schedule row may hold the last iterate itself (CG stopped on it): skip it
-    start = jnp.where((reached > 0) & (its[jnp.maximum(reached - 1, 0)] == its[last]),
-                      reached - 2, reached - 1)
+    # The schedule rows reached are a prefix, at least row 0 (CG runs one iteration);
+    # the last of them holds the last iterate itself when CG stopped on it: skip it.
+    reached = jnp.sum(its[:last] >= 0)
+    start = reached - 1 - (its[reached - 1] == its[last]).astype(reached.dtype)
 
     def score(p):
         v = objective(p)
@@ -164,7 +164,8 @@ def backtrack(objective: Callable[[Array], Array],
         take = v <= f_best  # inf <= inf: keep stepping back past blow-ups
         return (j - 1, jnp.where(take, j, best), jnp.where(take, v, f_best), evals + 1, take)
 
-    init = (start, jnp.asarray(last, start.dtype), score(saved[last]), jnp.int32(1), jnp.bool_(True))
+    init = (start, jnp.asarray(last, start.dtype), score(saved[last]), jnp.int32(1),
+            jnp.bool_(True))
     _, best, f_best, evals, _ = jax.lax.while_loop(cond, body, init)
     return saved[best], f_best, its[best], evals
 
