@@ -76,6 +76,11 @@ def _each_in(accepted: tuple) -> cli.Check:
     return check
 
 
+def _at_most_success(value: float) -> str | None:
+    ok = 0 <= value <= synthetic.SUCCESS_ERROR_RATE
+    return None if ok else f"expected a rate in [0, {synthetic.SUCCESS_ERROR_RATE}]"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The table's grid and the budget of every row."""
@@ -136,6 +141,10 @@ class Config:
                                  "2-core CPU it was 0.57-1.0x as fast as one by one.")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
+    stop_error_rate: float = cli.field(
+        synthetic.SUCCESS_ERROR_RATE, "Stop training a network once at most this fraction of "
+        "the --test_sequences is wrong (it counts as solved under 1%); 0 is Pascanu et al.'s "
+        "rule: train until no test sequence is wrong.", check=_at_most_success)
     only_tags: tuple[str, ...] = cli.field((), "--summary and --plot: only the rows with these "
                                            "tags (default: every row).")
     summary: bool = cli.field(False, "Only print the rows in --results as a markdown table, "
@@ -411,17 +420,19 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
 
     def snapshot():
         return dict(states=states, active=active.astype(np.int8), done_at=done_at,
-                    seconds=seconds, rates=rates, loss=loss,
+                    solved_at=solved_at, seconds=seconds, rates=rates, loss=loss,
                     clock=np.array([updates, train_time]))
 
     active = np.ones(n, bool)
-    done_at = np.zeros(n, np.int64)     # updates when solved (or at the end)
+    done_at = np.zeros(n, np.int64)     # updates when stopped (or at the end)
+    solved_at = np.zeros(n, np.int64)   # updates when first solved (0: not yet)
     seconds = np.zeros(n)
     rates, loss = np.full(n, np.nan), np.full(n, np.nan)
     train_time, updates = 0.0, 0
     saved = saver.restore(snapshot())
     if saved is not None:
         states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
+        solved_at = saved["solved_at"]
         active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
@@ -439,11 +450,13 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
             rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
                                     config.test_sequences)[0]
-            active[i] = not synthetic.solved(float(rates[i]))
+            if synthetic.solved(float(rates[i])) and not solved_at[i]:
+                solved_at[i] = updates
+            active[i] = not _done(float(rates[i]), config)
         progress(train_time, updates, rates)
         saver(snapshot(), train_time)
     progress.close()
-    solved = ~active
+    solved = np.array([synthetic.solved(float(r)) for r in rates])
     general = (_generalization(task, predict, states.params, test_keys, config)
                if config.generalize_to and solved.any() else None)
     rows = []
@@ -455,13 +468,21 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                    grad_evals=int(done_at[i]), curvature_products=0, loss_evals=0,
                    seeds_in_program=n,
                    budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                               stop_error_rate=config.stop_error_rate,
                                batch=config.first_order_batch,
                                hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
                                omega=config.omega if method == "sgd_cr" else 0.0))
         if general is not None and solved[i]:
             row["generalization"] = general[i]
+        if solved[i] and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
+            row["first_solved_updates"] = int(solved_at[i])
         rows.append(row)
     return rows, saver
+
+
+def _done(rate: float, config: Config) -> bool:
+    """Whether a network stops training: solved, and at most ``--stop_error_rate`` wrong."""
+    return synthetic.solved(rate) and rate <= config.stop_error_rate
 
 
 def _until_check(updates: int, every: int) -> int:
@@ -513,15 +534,17 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     eval_every = max(1, config.eval_every // 20)
     progress, saver = _program(problem, T, method, (seed,), config, workdir)
     train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
+    solved_at = 0  # updates when first solved (0: not yet)
 
     def snapshot():
         return dict(states=state, rates=np.array([rate]), loss=np.array([loss]),
-                    clock=np.array([updates, train_time]))
+                    clock=np.array([updates, train_time, solved_at]))
 
     saved = saver.restore(snapshot())
     if saved is not None:
         state, rate, loss = saved["states"], float(saved["rates"][0]), float(saved["loss"][0])
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
+        solved_at = int(saved["clock"][2])
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
         for _ in range(min(_until_check(updates, eval_every), config.max_updates - updates)):
@@ -529,15 +552,16 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
             updates += 1
         loss = float(metrics["loss"])
         train_time += time.perf_counter() - t0
-        rate = error_rate(1000, _check_keys(tests))
+        rate, solved = error_rate(1000, _check_keys(tests)), False
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
+            solved_at = solved_at or (updates if solved else 0)
         # the current λ and the last ρ say whether HF still takes real steps (a λ that
         # only grows is stuck)
         progress(train_time, updates, rate,
                  f", λ {float(state.opt_state.damping):.3g}, ρ {float(metrics['rho']):.2f}")
-        if solved:
+        if _done(rate, config):
             break
         saver(snapshot(), train_time)
     progress.close()
@@ -548,11 +572,14 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                curvature_products=int(hs.curvature_products), loss_evals=int(hs.loss_evals),
                final_damping=float(hs.damping),
                budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                           stop_error_rate=config.stop_error_rate,
                            gradient_batch=protocol.gradient_batch,
                            curvature_batch=protocol.curvature_batch,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
                            input_scale=protocol.input_scale))
+    if solved and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
+        row["first_solved_updates"] = solved_at
     if solved and config.generalize_to:
         params = jax.tree.map(lambda x: x[None], state.params)
         row["generalization"] = _generalization(task, predict, params, tests, config)[0]
@@ -595,6 +622,9 @@ def _budget_text(row: dict) -> str:
         text += f", inputs N(0, {b.get('input_scale', 1.0):g}²)"  # rows before the key: 1
     else:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
+    stop = b.get("stop_error_rate", synthetic.SUCCESS_ERROR_RATE)
+    if stop < synthetic.SUCCESS_ERROR_RATE:
+        text += ", trained to zero errors" if stop == 0 else f", trained to ≤ {stop:.2%} wrong"
     if row["updates"] >= b.get("max_updates", float("inf")):  # stopped by the update cap
         text += f", ≤ {b['max_updates']} updates"
     return text

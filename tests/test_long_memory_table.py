@@ -51,6 +51,7 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     ("problems", ("adding",), "accepted values are addition"),
     ("methods", ("sgd",), "accepted values are hf_sd"),
     ("lengths", (5,), "expected at least 10"),
+    ("stop_error_rate", 0.5, r"expected a rate in \[0, 0.01\]"),
 ])
 def test_bad_settings_fail_before_any_work(tmp_path, field, value, message):
     config = dataclasses.replace(tiny(tmp_path / "t.jsonl"), **{field: value})
@@ -72,6 +73,18 @@ def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path):
         np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-5)
         assert a["error_rate"] == pytest.approx(b["error_rate"], abs=0.02)
     assert together[0]["final_loss"] != together[1]["final_loss"]  # seeds differ
+
+
+def test_training_to_zero_errors_goes_on_past_the_first_solve(tmp_path):
+    """Pascanu et al.'s stopping rule: the same trajectory, kept training until no test
+    sequence is wrong; the row says when it first counted as solved."""
+    settings = dict(hidden=16, max_updates=3000, eval_every=20, test_sequences=500)
+    first = table.run(tiny(tmp_path / "a.jsonl", **settings), None)["rows"][0]
+    zero = table.run(tiny(tmp_path / "b.jsonl", stop_error_rate=0.0, **settings), None)["rows"][0]
+    assert first["solved"] and zero["solved"] and "first_solved_updates" not in first
+    assert zero["error_rate"] == 0.0 and zero["budget"]["stop_error_rate"] == 0.0
+    assert zero["first_solved_updates"] == first["updates"] <= zero["updates"]
+    assert "trained to zero errors" in table.summarize([zero])
 
 
 def test_variable_length_training_is_its_own_row(tmp_path):
