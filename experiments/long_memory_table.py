@@ -372,11 +372,16 @@ def _program(problem: str, T: int, method: str, seeds: tuple[int, ...],
     return progress, saver
 
 
-def _row(problem: str, T: int, method: str, seed: int, config: Config, **fields) -> dict:
+def _row(problem: str, T: int, method: str, seed: int, config: Config, first_solved: int,
+         **fields) -> dict:
+    """A row; ``first_solved`` (updates at the first solve) is kept when a solved network
+    trained on towards a lower ``--stop_error_rate``."""
     row: dict[str, Any] = dict(problem=problem, T=T, method=method, seed=seed, tag=config.tag)
     if config.min_train_length is not None:
         row["train_lengths"] = [config.min_train_length, T]
     row.update(fields)
+    if row["solved"] and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
+        row["first_solved_updates"] = int(first_solved)
     row.update(machine=machine(), date=time.strftime("%Y-%m-%d", time.gmtime()))
     return row
 
@@ -461,7 +466,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                if config.generalize_to and solved.any() else None)
     rows = []
     for i, seed in enumerate(seeds):
-        row = _row(problem, T, method, seed, config, solved=bool(solved[i]),
+        row = _row(problem, T, method, seed, config, solved_at[i], solved=bool(solved[i]),
                    error_rate=float(rates[i]), updates=int(done_at[i]),
                    train_seconds=round(float(seconds[i]), 1),
                    compile_seconds=round(compile_seconds, 1), final_loss=float(loss[i]),
@@ -474,8 +479,6 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                omega=config.omega if method == "sgd_cr" else 0.0))
         if general is not None and solved[i]:
             row["generalization"] = general[i]
-        if solved[i] and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
-            row["first_solved_updates"] = int(solved_at[i])
         rows.append(row)
     return rows, saver
 
@@ -556,7 +559,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
             solved = synthetic.solved(rate)
-            solved_at = solved_at or (updates if solved else 0)
+            if solved and not solved_at:
+                solved_at = updates
         # the current λ and the last ρ say whether HF still takes real steps (a λ that
         # only grows is stuck)
         progress(train_time, updates, rate,
@@ -566,10 +570,11 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         saver(snapshot(), train_time)
     progress.close()
     hs = state.opt_state
-    row = _row(problem, T, method, seed, config, solved=solved, error_rate=rate, updates=updates,
-               train_seconds=round(train_time, 1), compile_seconds=round(compile_seconds, 1),
-               final_loss=loss, grad_evals=int(hs.grad_evals),
-               curvature_products=int(hs.curvature_products), loss_evals=int(hs.loss_evals),
+    row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
+               updates=updates, train_seconds=round(train_time, 1),
+               compile_seconds=round(compile_seconds, 1), final_loss=loss,
+               grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
+               loss_evals=int(hs.loss_evals),
                final_damping=float(hs.damping),
                budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
                            stop_error_rate=config.stop_error_rate,
@@ -578,8 +583,6 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
                            input_scale=protocol.input_scale))
-    if solved and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
-        row["first_solved_updates"] = solved_at
     if solved and config.generalize_to:
         params = jax.tree.map(lambda x: x[None], state.params)
         row["generalization"] = _generalization(task, predict, params, tests, config)[0]
