@@ -122,6 +122,11 @@ class Config:
     sgd_cr_hidden: int = cli.field(50, "SGD-CR: hidden units.", check=cli.positive)
     omega: float = cli.field(2.0, "SGD-CR: weight alpha of the regulariser Omega.",
                              check=cli.non_negative)
+    sgd_cr_init: str = cli.field(
+        "smart_tanh", "SGD-CR: Pascanu et al.'s initialisation: smart_tanh (input and readout "
+        "weights N(0, 0.01^2), sparse W_hh at spectral radius 0.95) or basic_tanh (every "
+        "weight N(0, 0.1^2), dense; the paper's 50-200 model that generalised to 5,000).",
+        choices=("smart_tanh", "basic_tanh"))
     first_order_batch: int = cli.field(20, "Batch of sgd_cr, adam_clip and lstm_adam.",
                                        check=cli.positive)
     generalize_to: tuple[int, ...] = cli.field((), "Also score a solved model at these lengths.",
@@ -191,7 +196,11 @@ def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
     """The tagger, its params and ``net(params, batch) -> (outputs [T', B, O], hs [T', B, H])``."""
     if method in ("hf", "hf_sd"):
         cell = hf_adapter.protocol_cell(hf_protocol(method, config))
-    elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01) weights, sparse W_hh at 0.95
+    elif method == "sgd_cr" and config.sgd_cr_init == "basic_tanh":  # every weight N(0, 0.1²)
+        cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
+                             recurrent_init=initializers.normal(0.1),
+                             input_init=initializers.normal(0.1))
+    elif method == "sgd_cr":  # Pascanu's smart_tanh: N(0, 0.01²) weights, sparse W_hh at 0.95
         cell = cells.vanilla(config.sgd_cr_hidden, "tanh",
                              recurrent_init=initializers.sparse(15, 0.01, radius=0.95),
                              input_init=initializers.normal(0.01))
@@ -199,9 +208,11 @@ def build(method: str, task: synthetic.Task, config: Config, key: jax.Array):
         cell = cells.vanilla(config.hidden, "tanh")
     else:
         cell = cells.lstm(config.hidden)
-    # A small readout (Pascanu's N(0, 0.01²)) for every method: the sparse N(0, 1)
-    # readout starts HF at a squared error of ~5 and wastes its first updates.
-    model = tagger.make(cell, task.input_size, task.output_size, readout_scale=0.01)
+    # A small readout (Pascanu's N(0, 0.01²)) for every method but basic_tanh's N(0, 0.1²):
+    # the sparse N(0, 1) readout starts HF at a squared error of ~5 and wastes its first updates.
+    basic = method == "sgd_cr" and config.sgd_cr_init == "basic_tanh"
+    model = tagger.make(cell, task.input_size, task.output_size,
+                        readout_scale=0.1 if basic else 0.01)
 
     def net(p, batch):
         return model.outputs_and_hiddens(p, batch.inputs)
@@ -476,7 +487,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                stop_error_rate=config.stop_error_rate,
                                batch=config.first_order_batch,
                                hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
-                               omega=config.omega if method == "sgd_cr" else 0.0))
+                               omega=config.omega if method == "sgd_cr" else 0.0,
+                               **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
@@ -625,6 +637,8 @@ def _budget_text(row: dict) -> str:
         text += f", inputs N(0, {b.get('input_scale', 1.0):g}²)"  # rows before the key: 1
     else:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
+        if b.get("init", "smart_tanh") != "smart_tanh":  # rows before the key: smart_tanh
+            text += f", {b['init']} init"
     stop = b.get("stop_error_rate", synthetic.SUCCESS_ERROR_RATE)
     if stop < synthetic.SUCCESS_ERROR_RATE:
         text += ", trained to zero errors" if stop == 0 else f", trained to ≤ {stop:.2%} wrong"

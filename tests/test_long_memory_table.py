@@ -87,6 +87,29 @@ def test_training_to_zero_errors_goes_on_past_the_first_solve(tmp_path):
     assert "trained to zero errors" in table.summarize([zero])
 
 
+@pytest.mark.parametrize("init", ["smart_tanh", "basic_tanh"])
+def test_sgd_cr_starts_from_pascanus_initialisations(tmp_path, init):
+    """smart_tanh: N(0, 0.01²) inputs and readout, W_hh with 15 inputs per unit at spectral
+    radius 0.95; basic_tanh: every weight dense N(0, 0.1²) (RNN.py of Pascanu's code)."""
+    config = tiny(tmp_path / "t.jsonl", sgd_cr_hidden=50, sgd_cr_init=init)
+    task = table.synthetic.get("temporal_order")
+    _, params, _ = table.build("sgd_cr", task, config, table.jax.random.key(0))
+    w_hh = np.asarray(params["cell"]["W_hh"])
+    w_in, w_out = (np.asarray(params["cell"]["W_xh"]), np.asarray(params["W_hy"]))
+    if init == "smart_tanh":
+        assert ((w_hh != 0).sum(axis=0) == 15).all() or ((w_hh != 0).sum(axis=1) == 15).all()
+        assert np.abs(np.linalg.eigvals(w_hh)).max() == pytest.approx(0.95, rel=1e-4)
+        expected = 0.01
+    else:
+        assert (w_hh != 0).all() and w_hh.std() == pytest.approx(0.1, rel=0.05)
+        expected = 0.1
+    for w in (w_in, w_out):
+        assert w.std() == pytest.approx(expected, rel=0.3)
+    row = table.run(dataclasses.replace(config, methods=("sgd_cr",)), None)["rows"][0]
+    assert row["budget"]["init"] == init
+    assert ("basic_tanh init" in table.summarize([row])) == (init == "basic_tanh")
+
+
 def test_variable_length_training_is_its_own_row(tmp_path):
     path = tmp_path / "v.jsonl"
     fixed = table.run(tiny(path, lengths=(12,)), None)["rows"]
