@@ -626,6 +626,15 @@ def row_key(row: dict) -> tuple:
     return (*_cell_of(row), int(row["seed"]))
 
 
+def _machine_text(machine: str) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 core(s) usable' -> 'Intel Xeon ×2'."""
+    name, _, cores = machine.rpartition(", ")
+    if not cores.endswith("core(s) usable"):
+        return machine
+    name = " ".join(re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b|@.*", " ", name).split())
+    return f"{name} ×{cores.split()[0]}"
+
+
 def _budget_text(row: dict) -> str:
     b = row.get("budget", {})
     text = f"{b.get('max_minutes', '?'):g} min"
@@ -657,8 +666,9 @@ def summarize(rows: list[dict]) -> str:
     order = lambda c: (c[0], c[1], METHODS.index(c[2]) if c[2] in METHODS else 99, c[3],
                        c[4] or 0)
     lines = ["| problem | T | method | tag | solved | % wrong per seed | updates (median, "
-             "solved) | train s (median, solved) | generalisation | budget per program |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "solved) | train s (median, solved) | generalisation | budget per program | "
+             "machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell in sorted(cells, key=order):
         mine = sorted(cells[cell], key=lambda r: r["seed"])
         won = [r for r in mine if r["solved"]]
@@ -670,9 +680,11 @@ def summarize(rows: list[dict]) -> str:
                                             key=int))
         wrong = "/".join(f"{100 * r['error_rate']:.1f}" for r in mine)
         budget = " or ".join(dict.fromkeys(_budget_text(r) for r in mine))
+        machines = [_machine_text(r.get("machine", "?")) for r in mine]  # per seed if they differ
+        machine = machines[0] if len(set(machines)) == 1 else "/".join(machines)
         lines.append(f"| {cell[0]} | {T} | {cell[2]} | {cell[3]} | {len(won)}/{len(mine)} | "
                      f"{wrong} | {med('updates')} | {med('train_seconds')} | {general or '–'} | "
-                     f"{budget} |")
+                     f"{budget} | {machine} |")
     return "\n".join(lines)
 
 

@@ -87,6 +87,15 @@ def test_training_to_zero_errors_goes_on_past_the_first_solve(tmp_path):
     assert "trained to zero errors" in table.summarize([zero])
 
 
+def test_summary_names_the_machine_of_each_seed_when_they_differ():
+    row = dict(problem="addition", T=200, method="hf_sd", tag="t", solved=True, error_rate=0.0,
+               updates=5, train_seconds=1.0, budget={"max_minutes": 1.0}, seed=0,
+               machine="AMD EPYC, 1 core(s) usable")
+    other = dict(row, seed=1, machine="Intel(R) Xeon(R) Processor, 2 core(s) usable")
+    assert table.summarize([row]).endswith("| AMD EPYC ×1 |")
+    assert table.summarize([row, other]).endswith("| AMD EPYC ×1/Intel Xeon ×2 |")
+
+
 @pytest.mark.parametrize("init", ["smart_tanh", "basic_tanh"])
 def test_sgd_cr_starts_from_pascanus_initialisations(tmp_path, init):
     """smart_tanh: N(0, 0.01²) inputs and readout, W_hh with 15 inputs per unit at spectral
