@@ -648,6 +648,8 @@ def _budget_text(row: dict) -> str:
         text += f", batch {b.get('batch')}, {b.get('hidden')} units"
         if b.get("init", "smart_tanh") != "smart_tanh":  # rows before the key: smart_tanh
             text += f", {b['init']} init"
+        if row["method"] == "sgd_cr":
+            text += f", Ω weight {b.get('omega', '?'):g}"
     stop = b.get("stop_error_rate", synthetic.SUCCESS_ERROR_RATE)
     if stop < synthetic.SUCCESS_ERROR_RATE:
         text += ", trained to zero errors" if stop == 0 else f", trained to ≤ {stop:.2%} wrong"

@@ -117,6 +117,7 @@ def test_sgd_cr_starts_from_pascanus_initialisations(tmp_path, init):
     row = table.run(dataclasses.replace(config, methods=("sgd_cr",)), None)["rows"][0]
     assert row["budget"]["init"] == init
     assert ("basic_tanh init" in table.summarize([row])) == (init == "basic_tanh")
+    assert f"Ω weight {config.omega:g}" in table.summarize([row])
 
 
 def test_variable_length_training_is_its_own_row(tmp_path):
