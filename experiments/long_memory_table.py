@@ -260,7 +260,8 @@ class Lengths:
         return self.T if self.draws is None else int(self.draws[update % len(self.draws)])
 
     def warm_up(self, draw, keys) -> None:
-        """Compile ``draw`` for every length before the clock starts."""
+        """Compile ``draw`` for every length before the clock starts (once, for a task
+        whose generator takes the length as a traced value)."""
         for L in ([self.T] if self.draws is None else sorted(set(self.draws.tolist()))):
             jax.block_until_ready(draw(keys, 0, L))
 
@@ -268,16 +269,18 @@ class Lengths:
 @functools.lru_cache(maxsize=None)
 def _batches(task: synthetic.Task, batch_size: int, steps: int):
     """``draw(keys [N], update, L) -> Batch`` with leaves [N, steps, batch_size, ...]:
-    one fresh batch of length L per network, padded to ``steps`` (jitted per L)."""
+    one fresh batch of length L per network, padded to ``steps``; one program for
+    every L where the task draws traced lengths (the paper problems), else one per L."""
 
-    @functools.lru_cache(maxsize=None)
-    def at(L: int):
-        def draw(keys, update):
-            one = lambda k: synthetic.pad(task.generate_fn(jax.random.fold_in(k, update),
-                                                           batch_size, L), steps)
-            return jax.vmap(one)(keys)
-        return jax.jit(draw)
+    def draw(keys, update, L):
+        one = lambda k: task.generate_padded(jax.random.fold_in(k, update), batch_size, L, steps)
+        return jax.vmap(one)(keys)
 
+    if task.padded_fn is not None:
+        traced = jax.jit(draw)
+        return lambda keys, update, L: traced(keys, update, np.int32(L))
+    at = functools.lru_cache(maxsize=None)(
+        lambda L: jax.jit(lambda keys, update: draw(keys, update, L)))
     return lambda keys, update, L: at(L)(keys, update)
 
 

@@ -214,3 +214,38 @@ def test_padding_leaves_a_causal_models_loss_and_errors_unchanged():
     np.testing.assert_array_equal(task.wrong(out_p, padded), task.wrong(out, batch))
     with pytest.raises(ValueError, match="cannot pad a batch of 21 steps to 20"):
         synthetic.pad(batch, 20)
+
+
+@pytest.mark.parametrize("name", synthetic.PAPER_TASKS)
+def test_one_program_draws_every_length_and_equals_the_padded_batch(name):
+    """Pascanu's one length per batch without a compile per length: ``generate_padded``
+    with a traced length is traced once and matches ``pad(generate(...))`` exactly."""
+    task = synthetic.get(name)
+    steps = task.steps(40)
+    traces = []
+
+    @jax.jit
+    def draw(key, seq_len):
+        traces.append(seq_len)  # runs only while tracing
+        return task.generate_padded(key, 8, seq_len, steps)
+
+    for i, L in enumerate((10, 23, 40)):
+        key = jax.random.PRNGKey(i)
+        got = draw(key, L)
+        want = synthetic.pad(task.generate(key, 8, L), steps)
+        chex.assert_trees_all_equal(got, want)
+        chex.assert_trees_all_equal(task.generate_padded(key, 8, L, steps), want)
+    assert len(traces) == 1
+
+
+def test_generate_padded_errors():
+    with pytest.raises(ValueError, match="steps=20 is shorter than the 21 steps of seq_len=20"):
+        synthetic.get("addition").generate_padded(jax.random.PRNGKey(0), 2, 20, 20)
+    with pytest.raises(ValueError, match="seq_len >= 21"):
+        synthetic.get("copy").generate_padded(jax.random.PRNGKey(0), 2, 20, 30)
+    with pytest.raises(TypeError, match="'copy' draws one length per program"):
+        jax.jit(lambda L: synthetic.get("copy").generate_padded(
+            jax.random.PRNGKey(0), 2, L, 40))(30)
+    padded = synthetic.get("copy").generate_padded(jax.random.PRNGKey(0), 2, 30, 40)
+    chex.assert_trees_all_equal(
+        padded, synthetic.pad(synthetic.get("copy").generate(jax.random.PRNGKey(0), 2, 30), 40))

@@ -75,7 +75,9 @@ addition_hs97        2    1    Hochreiter & Schmidhuber (1997)'s adding problem:
 
 Deviations from the code, and why: arrays are time-major JAX arrays drawn from a
 PRNG key; addition and multiplication draw one length per sequence and pad
-(Pascanu draws one per batch), so that ``jit`` compiles once per T; the marker
+(Pascanu draws one per batch), so that ``jit`` compiles once per T (and
+:meth:`Task.generate_padded` draws Pascanu's one length per batch from a traced
+length, one program for every length; each step's draws use ``fold_in(key, t)``); the marker
 channel of addition is channel 1 (Pascanu's channel 0); XOR is a two-class softmax
 rather than one sigmoid unit (the same model). The windows of temporal order and
 XOR stay non-empty for short T (T >= 10).
@@ -140,6 +142,8 @@ class Task(NamedTuple):
       description: one line.
       generate_fn: ``(key, batch_size, seq_len) -> Batch`` (use :meth:`generate`).
       steps_fn: ``seq_len -> `` the number of steps of a generated batch (None: seq_len).
+      padded_fn: ``(key, batch_size, seq_len, steps) -> Batch`` with ``seq_len`` an int32
+        array (traceable) and ``steps`` static, or None (use :meth:`generate_padded`).
       tolerance: regression only: an answer is wrong when |error| exceeds this.
       source: where the definition comes from.
     """
@@ -152,6 +156,7 @@ class Task(NamedTuple):
     description: str
     generate_fn: Callable[[jax.Array, int, int], Batch]
     steps_fn: Callable[[int], int] | None = None
+    padded_fn: Callable[[jax.Array, int, jax.Array, int], Batch] | None = None
     tolerance: float = REGRESSION_TOLERANCE
     source: str = "Pascanu et al. 2013, github.com/pascanur/trainingRNNs"
 
@@ -170,6 +175,31 @@ class Task(NamedTuple):
             raise ValueError(f"task {self.name!r} needs seq_len >= {self.min_seq_len}, "
                              f"got {seq_len}")
         return _jitted(self.generate_fn)(key, batch_size, seq_len)
+
+    def generate_padded(self, key: jax.Array, batch_size: int, seq_len: int | jax.Array,
+                        steps: int) -> Batch:
+        """``pad(generate(key, batch_size, seq_len), steps)``, equal to it step for step.
+
+        Where the task has a ``padded_fn`` (every problem of :data:`PAPER_TASKS`),
+        ``seq_len`` may be a traced int32 scalar: under ``jit`` one program then draws
+        every length up to ``steps``, as Pascanu et al.'s one-length-per-batch
+        training needs (a Python int is checked as in :meth:`generate`). Not jitted:
+        call it inside your own ``jit``; ``batch_size`` and ``steps`` are static.
+        """
+        if isinstance(seq_len, int):
+            _check_positive_int("batch_size", batch_size)
+            if seq_len < self.min_seq_len:
+                raise ValueError(f"task {self.name!r} needs seq_len >= {self.min_seq_len}, "
+                                 f"got {seq_len}")
+            if steps < self.steps(seq_len):
+                raise ValueError(f"task {self.name!r}: steps={steps} is shorter than the "
+                                 f"{self.steps(seq_len)} steps of seq_len={seq_len}")
+        if self.padded_fn is not None:
+            return self.padded_fn(key, batch_size, jnp.asarray(seq_len, jnp.int32), steps)
+        if not isinstance(seq_len, int):
+            raise TypeError(f"task {self.name!r} draws one length per program: seq_len must "
+                            f"be a Python int, got {type(seq_len).__name__}")
+        return pad(self.generate_fn(key, batch_size, seq_len), steps)
 
     def loss(self, outputs: jax.Array, batch: Batch) -> jax.Array:
         """Mean loss over the scored steps: squared error or cross-entropy (nats).
@@ -228,11 +258,10 @@ def markers(seq_len: int, windows: tuple[tuple[float, float], ...], scale: float
     order (each window starts where the previous one ended, at the earliest), so
     that the problems stay defined for short sequences.
     """
-    f = seq_len / scale
     out, start = [], 1
-    for a, b in windows:
-        lo = max(start, int(a * f))
-        hi = max(lo + 1, int(b * f) + (1 if inclusive else 0))
+    for a, b in windows:  # a·T/scale rather than a·(T/scale): exact for whole a, T, scale
+        lo = max(start, math.floor(a * seq_len / scale))
+        hi = max(lo + 1, math.floor(b * seq_len / scale) + (1 if inclusive else 0))
         hi = min(hi, seq_len - 1)
         if lo >= hi:
             raise ValueError(f"seq_len={seq_len} is too short for marker windows {windows}")
@@ -241,18 +270,35 @@ def markers(seq_len: int, windows: tuple[tuple[float, float], ...], scale: float
     return out
 
 
-def _positions(key: jax.Array, batch_size: int, window: tuple[int, int]) -> jax.Array:
-    """[B] int32 positions uniform in the half-open window."""
-    return jax.random.randint(key, (batch_size,), window[0], window[1])
+def _traced_markers(seq_len: jax.Array, windows: tuple[tuple[int, int], ...],
+                    scale: int) -> list[tuple[jax.Array, jax.Array]]:
+    """:func:`markers` for a traced ``seq_len`` and integer windows (exact integer
+    arithmetic; the lengths are checked against ``min_seq_len`` before tracing)."""
+    out, start = [], 1
+    for a, b in windows:
+        lo = jnp.maximum(start, a * seq_len // scale)
+        hi = jnp.minimum(jnp.maximum(lo + 1, b * seq_len // scale), seq_len - 1)
+        out.append((lo, hi))
+        start = hi
+    return out
 
 
-def _one_hot_at(positions: jax.Array, seq_len: int) -> jax.Array:
-    """[T, B] bool, True at each sequence's position."""
-    return jnp.arange(seq_len)[:, None] == positions[None, :]
+def _per_step(key: jax.Array, steps: int, draw: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """[steps, ...]: row t drawn with ``fold_in(key, t)``, so that a row does not depend
+    on how many steps are drawn and a padded batch equals the unpadded one."""
+    return jax.vmap(lambda t: draw(jax.random.fold_in(key, t)))(jnp.arange(steps))
 
 
-def _last_step_mask(seq_len: int, batch_size: int) -> jax.Array:
-    return jnp.zeros((seq_len, batch_size), jnp.float32).at[-1].set(1.0)
+def _answer_at_last_step(steps: int, seq_len: jax.Array, answer: jax.Array) -> tuple:
+    """(targets [steps, B] int32, mask [steps, B]) scoring ``answer`` [B] at step seq_len − 1."""
+    last = jnp.broadcast_to(jnp.arange(steps)[:, None] == seq_len - 1, (steps, answer.shape[0]))
+    return jnp.where(last, answer[None, :], 0).astype(jnp.int32), last.astype(jnp.float32)
+
+
+def _fixed_length(padded_fn: Callable, steps_fn: Callable[[int], int] = lambda T: T) -> Callable:
+    """``generate_fn`` from a ``padded_fn``: the batch of exactly ``steps_fn(T)`` steps."""
+    return lambda key, batch_size, seq_len: padded_fn(
+        key, batch_size, jnp.int32(seq_len), steps_fn(seq_len))
 
 
 # ----------------------------------------------------------------------------- two-operand problems
@@ -269,16 +315,17 @@ def _pascanu_operand_task(name: str, op: Callable, description: str) -> Task:
     U{0..⌊4l/10⌋−1}; values ~U[0,1]; the answer op(X0, X1) is scored at step l − 1.
     """
 
-    def generate(key, batch_size: int, seq_len: int) -> Batch:
+    def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         k_len, k_val, k_a, k_b = jax.random.split(key, 4)
-        steps = seq_len + _jitter(seq_len) - 1
-        length = seq_len + jax.random.randint(k_len, (batch_size,), 0, _jitter(seq_len))
+        jitter = jnp.maximum(seq_len // 10, 1)  # _jitter, traced
+        length = seq_len + jax.random.randint(k_len, (batch_size,), 0, jitter)
         tenth = length // 10
         p0 = jax.random.randint(k_a, (batch_size,), 0, jnp.maximum(tenth, 1))
         p1 = tenth + jax.random.randint(k_b, (batch_size,), 0, jnp.maximum(4 * length // 10, 1))
         t = jnp.arange(steps)[:, None]
         inside = t < length[None, :]
-        values = jax.random.uniform(k_val, (steps, batch_size), jnp.float32) * inside
+        uniform = lambda k: jax.random.uniform(k, (batch_size,), jnp.float32)
+        values = _per_step(k_val, steps, uniform) * inside
         at_a, at_b = t == p0[None, :], t == p1[None, :]
         marks = (at_a | at_b).astype(jnp.float32)
         answer = op(jnp.sum(values * at_a, axis=0), jnp.sum(values * at_b, axis=0))
@@ -286,8 +333,9 @@ def _pascanu_operand_task(name: str, op: Callable, description: str) -> Task:
         targets = (end * answer[None, :])[..., None].astype(jnp.float32)
         return Batch(jnp.stack([values, marks], axis=-1), targets, end.astype(jnp.float32))
 
-    return Task(name, 2, 1, "regression", 10, description, generate,
-                steps_fn=lambda T: T + _jitter(T) - 1)
+    steps_fn = lambda T: T + _jitter(T) - 1
+    return Task(name, 2, 1, "regression", 10, description, _fixed_length(padded, steps_fn),
+                steps_fn=steps_fn, padded_fn=padded)
 
 
 def _hs97_addition_task() -> Task:
@@ -321,24 +369,26 @@ def _hs97_addition_task() -> Task:
                 source="Hochreiter & Schmidhuber 1997, section 5.4")
 
 
-def _operand_task(name: str, op: Callable, binary: bool, windows, scale: float,
+def _operand_task(name: str, op: Callable, windows: tuple[tuple[int, int], ...], scale: int,
                   description: str) -> Task:
-    """XOR: values plus a marker channel, fixed length."""
+    """XOR: binary values plus a marker channel, fixed length; marker windows from
+    :func:`markers` (integer ``windows`` and ``scale``)."""
 
-    def generate(key, batch_size: int, seq_len: int) -> Batch:
+    def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         k_val, k_a, k_b = jax.random.split(key, 3)
-        wa, wb = markers(seq_len, windows, scale)
-        values = jax.random.bernoulli(k_val, 0.5, (seq_len, batch_size)).astype(jnp.float32)
-        at_a = _one_hot_at(_positions(k_a, batch_size, wa), seq_len)
-        at_b = _one_hot_at(_positions(k_b, batch_size, wb), seq_len)
+        (lo_a, hi_a), (lo_b, hi_b) = _traced_markers(seq_len, windows, scale)
+        t = jnp.arange(steps)[:, None]
+        bits = lambda k: jax.random.bernoulli(k, 0.5, (batch_size,)).astype(jnp.float32)
+        values = _per_step(k_val, steps, bits) * (t < seq_len)
+        at_a = t == jax.random.randint(k_a, (batch_size,), lo_a, hi_a)[None, :]
+        at_b = t == jax.random.randint(k_b, (batch_size,), lo_b, hi_b)[None, :]
         marks = (at_a | at_b).astype(jnp.float32)
         answer = op(jnp.sum(values * at_a, axis=0), jnp.sum(values * at_b, axis=0))
-        targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(answer.astype(jnp.int32))
-        return Batch(jnp.stack([values, marks], axis=-1), targets,
-                     _last_step_mask(seq_len, batch_size))
+        targets, mask = _answer_at_last_step(steps, seq_len, answer)
+        return Batch(jnp.stack([values, marks], axis=-1), targets, mask)
 
-    return Task(name, 2, 2, "classification", 10, description, generate,
-                source="Martens & Sutskever 2011 (as described; not in Pascanu's code)")
+    return Task(name, 2, 2, "classification", 10, description, _fixed_length(padded),
+                padded_fn=padded, source="Martens & Sutskever 2011 (as described; not in Pascanu's code)")
 
 
 # ----------------------------------------------------------------------------- temporal order
@@ -351,40 +401,43 @@ def _temporal_task(name: str, starts: tuple[float, ...]) -> Task:
     (the first special is the least significant bit), scored at the last step.
     """
     n = len(starts)
+    tenths = [round(10 * s) for s in starts]  # ⌊s·T⌋ = ⌊tenths·T/10⌋, in integers
 
-    def generate(key, batch_size: int, seq_len: int) -> Batch:
+    def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         keys = jax.random.split(key, 2 * n + 1)
-        width = max(seq_len // 10, 1)
-        symbols = jax.random.randint(keys[0], (seq_len, batch_size), 2, 6)
+        width = jnp.maximum(seq_len // 10, 1)
+        t = jnp.arange(steps)[:, None]
+        symbols = _per_step(keys[0], steps, lambda k: jax.random.randint(k, (batch_size,), 2, 6))
         label = jnp.zeros((batch_size,), jnp.int32)
-        for i, s in enumerate(starts):
-            lo = int(s * seq_len)
+        for i, tenth in enumerate(tenths):
+            lo = tenth * seq_len // 10
             bit = jax.random.randint(keys[1 + i], (batch_size,), 0, 2)
-            at = _one_hot_at(_positions(keys[1 + n + i], batch_size, (lo, lo + width)), seq_len)
+            at = t == jax.random.randint(keys[1 + n + i], (batch_size,), lo, lo + width)[None, :]
             symbols = jnp.where(at, bit[None, :], symbols)
             label = label + (2 ** i) * bit
-        inputs = jax.nn.one_hot(symbols, 6, dtype=jnp.float32)
-        targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(label)
-        return Batch(inputs, targets, _last_step_mask(seq_len, batch_size))
+        inputs = jax.nn.one_hot(symbols, 6, dtype=jnp.float32) * (t < seq_len)[..., None]
+        return Batch(inputs, *_answer_at_last_step(steps, seq_len, label))
 
     description = f"temporal order of {n} specials among distractors; {2 ** n} classes"
-    return Task(name, 6, 2 ** n, "classification", 10, description, generate)
+    return Task(name, 6, 2 ** n, "classification", 10, description, _fixed_length(padded),
+                padded_fn=padded)
 
 
 # ----------------------------------------------------------------------------- permutation
 
 def _permutation_task(num_symbols: int = 100) -> Task:
-    def generate(key, batch_size: int, seq_len: int) -> Batch:
+    def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         k_first, k_rest = jax.random.split(key)
         first = jax.random.randint(k_first, (batch_size,), 0, 2)
-        rest = jax.random.randint(k_rest, (seq_len, batch_size), 2, num_symbols)
-        symbols = rest.at[0].set(first)
-        inputs = jax.nn.one_hot(symbols, num_symbols, dtype=jnp.float32)
-        targets = jnp.zeros((seq_len, batch_size), jnp.int32).at[-1].set(first)
-        return Batch(inputs, targets, _last_step_mask(seq_len, batch_size))
+        draw = lambda k: jax.random.randint(k, (batch_size,), 2, num_symbols)
+        symbols = _per_step(k_rest, steps, draw).at[0].set(first)
+        t = jnp.arange(steps)[:, None]
+        inputs = jax.nn.one_hot(symbols, num_symbols, dtype=jnp.float32) * (t < seq_len)[..., None]
+        return Batch(inputs, *_answer_at_last_step(steps, seq_len, first))
 
     return Task("permutation", num_symbols, num_symbols, "classification", 2,
-                "recall the first symbol (0 or 1) after random symbols 2..99", generate)
+                "recall the first symbol (0 or 1) after random symbols 2..99",
+                _fixed_length(padded), padded_fn=padded)
 
 
 # ----------------------------------------------------------------------------- recall problems
@@ -399,19 +452,24 @@ def _memorization_task(name: str, num_chars: int, char_size: int, description: s
     class except on the last n steps, which reproduce the symbols. Every step scored.
     """
     blank_in, cue, blank_out = char_size, char_size + 1, char_size
+    n = num_chars
 
-    def generate(key, batch_size: int, seq_len: int) -> Batch:
-        n = num_chars
+    def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         data = jax.random.randint(key, (n, batch_size), 0, char_size)
-        symbols = jnp.full((seq_len + 2 * n, batch_size), blank_in, jnp.int32)
-        symbols = symbols.at[:n].set(data).at[seq_len + n].set(cue)
-        inputs = jax.nn.one_hot(symbols, char_size + 2, dtype=jnp.float32)
-        targets = jnp.full((seq_len + 2 * n, batch_size), blank_out, jnp.int32)
-        targets = targets.at[seq_len + n:].set(data)
-        return Batch(inputs, targets, jnp.ones((seq_len + 2 * n, batch_size), jnp.float32))
+        t = jnp.arange(steps)[:, None]
+        inside = t < seq_len + 2 * n
+        recall = (t >= seq_len + n) & inside
+        shown = jnp.take(data, jnp.clip(t[:, 0], 0, n - 1), axis=0)            # data[t]
+        asked = jnp.take(data, jnp.clip(t[:, 0] - seq_len - n, 0, n - 1), axis=0)
+        symbols = jnp.where(t < n, shown, jnp.where(t == seq_len + n, cue, blank_in))
+        inputs = jax.nn.one_hot(symbols, char_size + 2, dtype=jnp.float32) * inside[..., None]
+        targets = jnp.where(recall, asked, jnp.where(inside, blank_out, 0)).astype(jnp.int32)
+        mask = jnp.broadcast_to(inside, (steps, batch_size)).astype(jnp.float32)
+        return Batch(inputs, targets, mask)
 
-    return Task(name, char_size + 2, char_size + 1, "classification", 1, description, generate,
-                steps_fn=lambda T: T + 2 * num_chars)
+    steps_fn = lambda T: T + 2 * n
+    return Task(name, char_size + 2, char_size + 1, "classification", 1, description,
+                _fixed_length(padded, steps_fn), steps_fn=steps_fn, padded_fn=padded)
 
 
 def _recall_task(name: str, num_chars: int, char_size: int, description: str) -> Task:
@@ -461,7 +519,7 @@ TASKS: dict[str, Task] = {
         "multiplication", lambda a, b: a * b,
         "product of the two marked values ~U[0,1], answered at each sequence's last step"),
     "xor": _operand_task(
-        "xor", lambda a, b: jnp.logical_xor(a > 0.5, b > 0.5), True, ((1, 10), (15, 25)), 50.0,
+        "xor", lambda a, b: jnp.logical_xor(a > 0.5, b > 0.5), ((1, 10), (15, 25)), 50,
         "XOR of the two marked bits, answered at the last step"),
     "temporal_order": _temporal_task("temporal_order", (0.1, 0.5)),
     "temporal_order3": _temporal_task("temporal_order3", (0.1, 0.3, 0.6)),
