@@ -292,18 +292,10 @@ def _predictor(net):
 def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
                  n: int) -> np.ndarray:
     """[N] fraction of ``n`` fresh length-L sequences each network gets wrong
-    (``predict`` from :func:`_predictor`)."""
-    chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))  # hidden states stay < ~1 GB
-    draw = _batches(task, chunk, task.steps(L))
-    wrong, done, i = np.zeros(len(keys)), 0, 0
-    while done < n:
-        batch = draw(keys, i, L)
-        out = predict(params, batch.inputs)
-        bad = np.asarray(jax.vmap(task.wrong)(out, batch), np.float64)[:, :n - done]
-        wrong += bad.sum(axis=1)
-        done += bad.shape[1]
-        i += 1
-    return wrong / n
+    (``predict`` from :func:`_predictor`), in chunks whose hidden states stay < ~1 GB."""
+    chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))
+    return synthetic.error_rates(task, lambda xs: predict(params, xs), keys, L,
+                                 num_sequences=n, batch_size=chunk)
 
 
 # ----------------------------------------------------------------------------- rows

@@ -188,6 +188,19 @@ def test_evaluate_and_success_rule():
     assert noisy == 1.0 and not synthetic.solved(noisy)
 
 
+def test_error_rates_of_many_networks_match_evaluate_one_at_a_time():
+    """N networks scored in one call see, per key, the sequences ``evaluate`` draws."""
+    half = lambda x: jnp.full(x.shape[:-1] + (1,), 0.5)  # right only near the mean answer
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    rates = synthetic.error_rates("addition", jax.vmap(half), keys, 12, num_sequences=300,
+                                  batch_size=128)
+    chex.assert_shape(rates, (3,))
+    alone = [synthetic.evaluate("addition", half, k, 12, num_sequences=300, batch_size=128)
+             for k in keys]
+    np.testing.assert_array_equal(rates, alone)
+    assert 0 < rates.min() and rates.max() < 1 and len(set(rates.tolist())) > 1
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown task 'adding'.*addition"):
         synthetic.get("adding")

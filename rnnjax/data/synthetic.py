@@ -91,6 +91,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnjax import losses
 
@@ -106,6 +107,7 @@ __all__ = [
     "REGRESSION_TOLERANCE",
     "get",
     "evaluate",
+    "error_rates",
     "solved",
     "markers",
     "pad",
@@ -571,6 +573,51 @@ def pad(batch: Batch, steps: int) -> Batch:
 
 # ----------------------------------------------------------------------------- success rule
 
+@functools.lru_cache(maxsize=None)
+def _draw_many(task: Task, batch_size: int, seq_len: int) -> Callable:
+    """``draw(keys [N], i) -> Batch`` with leaves [N, T, B, ...]: ``generate(fold_in(k, i))``
+    for each key, in one jitted program."""
+    one = lambda k, i: task.generate_fn(jax.random.fold_in(k, i), batch_size, seq_len)
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def error_rates(
+    task: Task | str,
+    predict: Callable[[jax.Array], jax.Array],
+    keys: jax.Array,
+    seq_len: int,
+    *,
+    num_sequences: int = NUM_TEST_SEQUENCES,
+    batch_size: int = 1000,
+) -> np.ndarray:
+    """[N] fraction of ``num_sequences`` fresh sequences that each of N networks gets wrong.
+
+    Args:
+      task: a Task or its name.
+      predict: ``predict(inputs [N, T, B, D]) -> outputs [N, T, B, O]``, network i on
+        slice i (a vmapped apply over stacked parameters; jit it yourself).
+      keys: [N] PRNG keys; network i's sequences come from ``keys[i]`` exactly as
+        :func:`evaluate` draws them from its key.
+      seq_len: T.
+      num_sequences: how many sequences per network (10,000 for the success rule).
+      batch_size: sequences per call of ``predict``; the last batch may be smaller.
+    """
+    task = get(task) if isinstance(task, str) else task
+    _check_positive_int("num_sequences", num_sequences)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seq_len", seq_len)
+    if seq_len < task.min_seq_len:
+        raise ValueError(f"task {task.name!r} needs seq_len >= {task.min_seq_len}, got {seq_len}")
+    wrong, done, i = np.zeros(len(keys)), 0, 0
+    while done < num_sequences:
+        b = min(batch_size, num_sequences - done)
+        batch = _draw_many(task, b, seq_len)(keys, i)
+        wrong += np.asarray(jax.vmap(task.wrong)(predict(batch.inputs), batch)).sum(axis=1)
+        done += b
+        i += 1
+    return wrong / num_sequences
+
+
 def evaluate(
     task: Task | str,
     predict: Callable[[jax.Array], jax.Array],
@@ -590,17 +637,9 @@ def evaluate(
       num_sequences: how many sequences (10,000 for the success rule).
       batch_size: sequences per call of ``predict``; the last batch may be smaller.
     """
-    task = get(task) if isinstance(task, str) else task
-    _check_positive_int("num_sequences", num_sequences)
-    _check_positive_int("batch_size", batch_size)
-    wrong, done, i = 0, 0, 0
-    while done < num_sequences:
-        b = min(batch_size, num_sequences - done)
-        batch = task.generate(jax.random.fold_in(key, i), b, seq_len)
-        wrong += int(jnp.sum(task.wrong(predict(batch.inputs), batch)))
-        done += b
-        i += 1
-    return wrong / num_sequences
+    rates = error_rates(task, lambda xs: predict(xs[0])[None], jnp.asarray(key)[None], seq_len,
+                        num_sequences=num_sequences, batch_size=batch_size)
+    return float(rates[0])
 
 
 def solved(error_rate: float) -> bool:
