@@ -172,11 +172,15 @@ class Task(NamedTuple):
         ``batch_size`` and ``seq_len`` are static (Python ints): each pair compiles once.
         """
         _check_positive_int("batch_size", batch_size)
+        self.check_length(seq_len)
+        return _jitted(self.generate_fn)(key, batch_size, seq_len)
+
+    def check_length(self, seq_len: int) -> None:
+        """ValueError unless ``seq_len`` is a whole number >= ``min_seq_len``."""
         _check_positive_int("seq_len", seq_len)
         if seq_len < self.min_seq_len:
             raise ValueError(f"task {self.name!r} needs seq_len >= {self.min_seq_len}, "
                              f"got {seq_len}")
-        return _jitted(self.generate_fn)(key, batch_size, seq_len)
 
     def generate_padded(self, key: jax.Array, batch_size: int, seq_len: int | jax.Array,
                         steps: int) -> Batch:
@@ -190,9 +194,7 @@ class Task(NamedTuple):
         """
         if isinstance(seq_len, int):
             _check_positive_int("batch_size", batch_size)
-            if seq_len < self.min_seq_len:
-                raise ValueError(f"task {self.name!r} needs seq_len >= {self.min_seq_len}, "
-                                 f"got {seq_len}")
+            self.check_length(seq_len)
             if steps < self.steps(seq_len):
                 raise ValueError(f"task {self.name!r}: steps={steps} is shorter than the "
                                  f"{self.steps(seq_len)} steps of seq_len={seq_len}")
@@ -605,9 +607,7 @@ def error_rates(
     task = get(task) if isinstance(task, str) else task
     _check_positive_int("num_sequences", num_sequences)
     _check_positive_int("batch_size", batch_size)
-    _check_positive_int("seq_len", seq_len)
-    if seq_len < task.min_seq_len:
-        raise ValueError(f"task {task.name!r} needs seq_len >= {task.min_seq_len}, got {seq_len}")
+    task.check_length(seq_len)
     wrong, done, i = np.zeros(len(keys)), 0, 0
     while done < num_sequences:
         b = min(batch_size, num_sequences - done)
