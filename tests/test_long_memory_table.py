@@ -152,3 +152,23 @@ def test_a_program_resumes_from_its_saved_state_exactly(tmp_path, monkeypatch, c
                                                                  b["solved"])
         np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-6)
     assert not saved[0].exists()  # removed once the rows were written
+
+
+def test_length_buckets_pad_less_and_leave_the_update_unchanged(tmp_path):
+    """A batch of length 30 padded to its bucket (50 steps) or to T = 200 gives the same
+    SGD-CR update (Omega included): padding is unscored and the network is causal."""
+    config = tiny(tmp_path / "b.jsonl", methods=("sgd_cr",), sgd_cr_hidden=8)
+    task = table.synthetic.get("temporal_order")
+    lengths = table.Lengths(task, 200, 30, 0, bucket=25)
+    assert lengths.padded(30) == 50 and lengths.padded(51) == 75 and lengths.padded(200) == 200
+    assert set(lengths.buckets()) == {50, 75, 100, 125, 150, 175, 200}
+    assert table.Lengths(task, 200, 30, 0).padded(30) == 200  # without buckets: T
+    model, _, net = table.build("sgd_cr", task, config, table.jax.random.key(0))
+    opt, one_step = table._first_order_step("sgd_cr", task, model, net, config)
+    state = table.train.init_state(model.init(table.jax.random.key(1)), opt, seed=0)
+    key = table.jax.random.key(2)
+    short, full = (task.generate_padded(key, 20, 30, s) for s in (50, 200))
+    (a, ma), (b, mb) = one_step(state, short), one_step(state, full)
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    for x, y in zip(table.jax.tree.leaves(a.params), table.jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
