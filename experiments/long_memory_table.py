@@ -36,6 +36,10 @@ budget is the program's: each row's ``train_seconds`` is the program's time when
 that seed was solved, and ``seeds_in_program`` says how many shared it. (On a
 2-core CPU that was slower than one seed at a time, which is the default:
 ``docs/results.md``.)
+With ``--workdir`` a program's state is checkpointed as it trains (a rerun resumes it)
+and its trained networks are kept in ``workdir/networks/<program>/`` (an orbax
+checkpoint; a first-order program stacks its seeds' parameters on a leading axis):
+``rnnjax.checkpoint.restore(path, template)`` brings them back for further tests.
 ``--min_train_length=50`` with ``--lengths=200`` trains on one length per batch drawn
 from [50, 200] (Pascanu et al.'s protocol; batches are padded to T, which leaves
 a causal network's outputs and the loss unchanged) and tests at T.
@@ -326,8 +330,9 @@ class _Saver:
     workdir: nothing saved. Removed by :meth:`finish` once the rows are written."""
 
     def __init__(self, workdir: str | None, name: str, config: Config):
-        self.path = None if workdir is None else os.path.join(
-            workdir, "programs", re.sub(r"[^A-Za-z0-9_.=-]", "_", name))
+        name = re.sub(r"[^A-Za-z0-9_.=-]", "_", name)
+        self.path = None if workdir is None else os.path.join(workdir, "programs", name)
+        self.networks = None if workdir is None else os.path.join(workdir, "networks", name)
         self.every, self.saved_at = 60 * config.checkpoint_minutes, 0.0
 
     @staticmethod
@@ -356,6 +361,20 @@ class _Saver:
         finally:
             mngr.close()
         self.saved_at = train_time
+
+    def keep(self, params) -> None:
+        """Save the trained parameters in ``workdir/networks/<program>`` (a new step
+        beside any earlier run's: nothing is overwritten)."""
+        if self.networks is None:
+            return
+        step = max(checkpoint.all_steps(self.networks), default=-1) + 1
+        mngr = checkpoint.manager(self.networks, keep=None)
+        try:
+            checkpoint.save(mngr, step, params)
+            mngr.wait_until_finished()
+        finally:
+            mngr.close()
+        print(f"trained networks in {self.networks} (step {step})", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self.path is not None and os.path.isdir(self.path):
@@ -489,6 +508,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         progress(train_time, updates, rates)
         saver(snapshot(), train_time)
     progress.close()
+    saver.keep(states.params)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
     general = (_generalization(task, predict, states.params, test_keys, config)
                if config.generalize_to and solved.any() else None)
@@ -598,6 +618,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
             break
         saver(snapshot(), train_time)
     progress.close()
+    saver.keep(state.params)
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
                updates=updates, train_seconds=round(train_time, 1),

@@ -172,3 +172,19 @@ def test_length_buckets_pad_less_and_leave_the_update_unchanged(tmp_path):
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
     for x, y in zip(table.jax.tree.leaves(a.params), table.jax.tree.leaves(b.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_trained_networks_are_kept_beside_earlier_ones(tmp_path):
+    config = tiny(tmp_path / "k.jsonl", seeds=(0, 1), vmap_seeds=True)
+    table.run(config, str(tmp_path / "w"))
+    table.run(dataclasses.replace(config, results=str(tmp_path / "k2.jsonl")), str(tmp_path / "w"))
+    (kept,) = (tmp_path / "w" / "networks").iterdir()
+    assert table.checkpoint.all_steps(str(kept)) == [0, 1]
+    programs = tmp_path / "w" / "programs"  # the resumable state is gone
+    assert not programs.exists() or not list(programs.iterdir())
+    task = table.synthetic.get("temporal_order")
+    _, params, _ = table.build("adam_clip", task, config, table.jax.random.key(0))
+    template = table.jax.tree.map(lambda x: np.zeros((2, *x.shape), x.dtype), params)
+    restored = table.checkpoint.restore(str(kept), template, step=0)
+    for leaf in table.jax.tree.leaves(restored):
+        assert leaf.shape[0] == 2 and np.isfinite(leaf).all()
