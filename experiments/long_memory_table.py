@@ -159,8 +159,9 @@ class Config:
         "rule: train until no test sequence is wrong.", check=_at_most_success)
     only_tags: tuple[str, ...] = cli.field((), "--summary and --plot: only the rows with these "
                                            "tags (default: every row).")
-    summary: bool = cli.field(False, "Only print the rows in --results as a markdown table, "
-                              "one line per cell (seeds pooled), and train nothing.")
+    summary: bool = cli.field(False, "Only print the rows in --results as markdown: seeds "
+                              "solved per method, length and problem, then one line per cell "
+                              "(seeds pooled); train nothing.")
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
                                  "--results into this PNG (no training).")
 
@@ -728,6 +729,28 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def overview(rows: list[dict]) -> str:
+    """A markdown table at a glance: a line per method and (training) length, a column
+    per problem, each cell ``solved/seeds`` over every tag, counting a seed once (its
+    last row: a later, longer or better run of the same seed replaces an earlier one)."""
+    last: dict[tuple, dict] = {}
+    for r in rows:
+        lengths = f"{r['train_lengths'][0]}–{r['T']}" if "train_lengths" in r else str(r["T"])
+        last[(r["method"], int(r["T"]), lengths, r["problem"], int(r["seed"]))] = r
+    problems = [p for p in synthetic.PAPER_TASKS if any(k[3] == p for k in last)]
+    problems += sorted({k[3] for k in last} - set(problems))
+    lines = ["| method | T | " + " | ".join(problems) + " |",
+             "|---|---|" + "---|" * len(problems)]
+    order = lambda k: (METHODS.index(k[0]) if k[0] in METHODS else 99, k[1], k[2])
+    for method, T, lengths in sorted({k[:3] for k in last}, key=order):
+        cells = []
+        for p in problems:
+            mine = [r for k, r in last.items() if k[:4] == (method, T, lengths, p)]
+            cells.append(f"{sum(r['solved'] for r in mine)}/{len(mine)}" if mine else "")
+        lines.append(f"| {method} | {lengths} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_success(rows: list[dict], path: str) -> None:
     """Fraction of rows solved against T, one line per method and tag (problems pooled)."""
     import matplotlib
@@ -778,7 +801,7 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
                                   "--plot and --summary need a results file with rows"
                                   + (" with the --only_tags" if config.only_tags else ""))
         if config.summary:
-            print(summarize(rows))
+            print(overview(rows), summarize(rows), sep="\n\n")
         if config.plot:
             plot_success(rows, config.plot)
         return {"rows": [], "skipped": len(rows), "plot": config.plot}

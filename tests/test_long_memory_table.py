@@ -188,3 +188,15 @@ def test_trained_networks_are_kept_beside_earlier_ones(tmp_path):
     restored = table.checkpoint.restore(str(kept), template, step=0)
     for leaf in table.jax.tree.leaves(restored):
         assert leaf.shape[0] == 2 and np.isfinite(leaf).all()
+
+
+def test_overview_counts_each_seed_once_by_its_last_row():
+    row = lambda seed, solved, tag, **kw: dict(problem="addition", T=100, method="hf_sd",
+                                              seed=seed, solved=solved, tag=tag, **kw)
+    rows = [row(0, False, "short"), row(1, True, "short"), row(0, True, "long"),
+            row(0, False, "vary", train_lengths=[50, 100]),
+            dict(row(2, False, "short"), problem="xor", method="sgd_cr")]
+    lines = table.overview(rows).splitlines()
+    assert lines[0] == "| method | T | addition | xor |"
+    assert lines[2:] == ["| hf_sd | 100 | 2/2 |  |", "| hf_sd | 50–100 | 0/1 |  |",
+                         "| sgd_cr | 100 |  | 0/1 |"]
