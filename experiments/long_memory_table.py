@@ -341,10 +341,18 @@ class _Saver:
         return {k: np.nan_to_num(v, nan=-1.0) if k in ("rates", "loss") else v
                 for k, v in tree.items()}
 
-    def restore(self, template: dict) -> dict | None:
+    def restore(self, template: dict, added: tuple[str, ...] = ()) -> dict | None:
+        """The saved state, or None; a state saved before the ``added`` keys joined
+        the snapshot comes back without them (the caller fills them in)."""
         if self.path is None or not checkpoint.all_steps(self.path):
             return None
-        saved = checkpoint.restore(self.path, self._encode(template))
+        try:
+            saved = checkpoint.restore(self.path, self._encode(template))
+        except ValueError:  # a different structure: try the snapshot without the added keys
+            older = {k: v for k, v in template.items() if k not in added}
+            if not added or len(older) == len(template):
+                raise
+            saved = checkpoint.restore(self.path, self._encode(older))
         for name in ("rates", "loss"):
             saved[name] = np.where(np.asarray(saved[name]) == -1.0, np.nan, saved[name])
         self.saved_at = float(saved["clock"][1])
@@ -474,18 +482,24 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     def snapshot():
         return dict(states=states, active=active.astype(np.int8), done_at=done_at,
                     solved_at=solved_at, seconds=seconds, rates=rates, loss=loss,
-                    clock=np.array([updates, train_time]))
+                    clock=np.array([updates, train_time]), best=best, best_rate=best_rate,
+                    best_at=best_at)
 
+    # Each network's best 10,000-sequence test so far and its params: training past a
+    # solve (--stop_error_rate=0) can lose it again, and the row reports the best.
+    best, best_rate, best_at = states.params, np.full(n, 2.0), np.zeros(n, np.int64)
     active = np.ones(n, bool)
     done_at = np.zeros(n, np.int64)     # updates when stopped (or at the end)
     solved_at = np.zeros(n, np.int64)   # updates when first solved (0: not yet)
     seconds = np.zeros(n)
     rates, loss = np.full(n, np.nan), np.full(n, np.nan)
     train_time, updates = 0.0, 0
-    saved = saver.restore(snapshot())
+    saved = saver.restore(snapshot(), added=("best", "best_rate", "best_at"))
     if saved is not None:
         states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
         solved_at = saved["solved_at"]
+        best = saved.get("best", states.params)
+        best_rate, best_at = saved.get("best_rate", best_rate), saved.get("best_at", best_at)
         active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
@@ -503,15 +517,22 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
             rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
                                     config.test_sequences)[0]
+            if rates[i] < best_rate[i]:
+                best_rate[i], best_at[i] = rates[i], updates
+                best = jax.tree.map(lambda b, x: b.at[i].set(x[i]), best, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
             active[i] = not _done(float(rates[i]), config)
         progress(train_time, updates, rates)
         saver(snapshot(), train_time)
     progress.close()
-    saver.keep(states.params)
+    tested = best_rate <= 1.0  # the networks kept: each one's best test, else its last state
+    kept = jax.tree.map(lambda b, x: jnp.where(tested.reshape((n,) + (1,) * (x.ndim - 1)), b, x),
+                        best, states.params)
+    saver.keep(kept)
+    last_rates, rates = rates, np.where(tested, best_rate, rates)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
-    general = (_generalization(task, predict, states.params, test_keys, config)
+    general = (_generalization(task, predict, kept, test_keys, config)
                if config.generalize_to and solved.any() else None)
     rows = []
     for i, seed in enumerate(seeds):
@@ -527,6 +548,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
                                omega=config.omega if method == "sgd_cr" else 0.0,
                                **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
+        if tested[i] and best_at[i] != done_at[i]:  # it trained on past its best test
+            row.update(best_updates=int(best_at[i]), last_error_rate=float(last_rates[i]))
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
@@ -719,7 +742,9 @@ def summarize(rows: list[dict]) -> str:
                                                    for r in won if "generalization" in r)
                             for L in sorted({L for r in won for L in r.get("generalization", {})},
                                             key=int))
-        wrong = "/".join(f"{100 * r['error_rate']:.1f}" for r in mine)
+        wrong = "/".join(f"{100 * r['error_rate']:.1f}" + (  # the best test, then the last
+            f" (last {100 * r['last_error_rate']:.1f})" if "last_error_rate" in r else "")
+            for r in mine)
         budget = " or ".join(dict.fromkeys(_budget_text(r) for r in mine))
         machines = [_machine_text(r.get("machine", "?")) for r in mine]  # per seed if they differ
         machine = machines[0] if len(set(machines)) == 1 else "/".join(machines)

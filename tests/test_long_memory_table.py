@@ -200,3 +200,43 @@ def test_overview_counts_each_seed_once_by_its_last_row():
     assert lines[0] == "| method | T | addition | xor |"
     assert lines[2:] == ["| hf_sd | 100 | 2/2 |  |", "| hf_sd | 50–100 | 0/1 |  |",
                          "| sgd_cr | 100 |  | 0/1 |"]
+
+
+def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_path, monkeypatch):
+    """Training past a solve (--stop_error_rate=0) can lose it: the row reports the best
+    10,000-sequence test, when it was, and the last check; that network is the one kept."""
+    quick = iter([0.005, 0.5, 0.6])  # the 1,000-sequence checks after updates 1, 2, 3
+    seen = []
+
+    def scripted(task, predict, params, keys, L, n):
+        seen.append(np.asarray(table.jax.tree.leaves(params)[0]).copy())
+        return np.array([next(quick) if n == 1000 else 0.004])
+
+    monkeypatch.setattr(table, "_error_rates", scripted)
+    config = tiny(tmp_path / "z.jsonl", max_updates=3, stop_error_rate=0.0)
+    (row,) = table.run(config, str(tmp_path / "w"))["rows"]
+    assert row["solved"] and row["error_rate"] == 0.004 and row["updates"] == 3
+    assert row["best_updates"] == 1 and row["last_error_rate"] == 0.6
+    assert "0.4 (last 60.0)" in table.summarize([row])
+    (kept,) = (tmp_path / "w" / "networks").iterdir()
+    task = table.synthetic.get("temporal_order")
+    _, params, _ = table.build("adam_clip", task, config, table.jax.random.key(0))
+    template = table.jax.tree.map(lambda x: np.zeros((1, *x.shape), x.dtype), params)
+    restored = table.checkpoint.restore(str(kept), template)
+    first = table.jax.tree.leaves(restored)[0]
+    np.testing.assert_array_equal(first, seen[1])  # the params of the 10,000-sequence test
+    assert not np.array_equal(first, seen[-1])
+
+
+def test_a_snapshot_saved_before_new_keys_joined_it_still_resumes(tmp_path):
+    config = tiny(tmp_path / "s.jsonl", checkpoint_minutes=0.0)
+    saver = table._Saver(str(tmp_path), "p", config)
+    old = dict(states=np.arange(3.0), rates=np.array([0.5]), loss=np.array([np.nan]),
+               clock=np.array([7, 1.5]))
+    saver(old, train_time=1.0)
+    newer = dict(old, best=np.zeros(3), best_rate=np.full(1, 2.0))
+    back = table._Saver(str(tmp_path), "p", config).restore(newer, added=("best", "best_rate"))
+    assert set(back) == set(old) and np.isnan(back["loss"]).all()
+    np.testing.assert_array_equal(back["states"], old["states"])
+    with pytest.raises(ValueError):
+        table._Saver(str(tmp_path), "p", config).restore(newer)
