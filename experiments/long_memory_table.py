@@ -761,13 +761,15 @@ def overview(rows: list[dict]) -> str:
     last: dict[tuple, dict] = {}
     for r in rows:
         lengths = f"{r['train_lengths'][0]}–{r['T']}" if "train_lengths" in r else str(r["T"])
-        last[(r["method"], int(r["T"]), lengths, r["problem"], int(r["seed"]))] = r
+        init = r.get("budget", {}).get("init", "smart_tanh")  # another init: its own line
+        method = r["method"] + ("" if init == "smart_tanh" else f" ({init})")
+        last[(method, int(r["T"]), lengths, r["problem"], int(r["seed"]))] = r
     problems = [p for p in synthetic.PAPER_TASKS if any(k[3] == p for k in last)]
     problems += sorted({k[3] for k in last} - set(problems))
     lines = ["| method | T | " + " | ".join(problems) + " |",
              "|---|---|" + "---|" * len(problems)]
-    order = lambda k: (METHODS.index(k[0]) if k[0] in METHODS else 99, k[1], k[2])
-    for method, T, lengths in sorted({k[:3] for k in last}, key=order):
+    rank = lambda m: METHODS.index(m.split()[0]) if m.split()[0] in METHODS else 99
+    for method, T, lengths in sorted({k[:3] for k in last}, key=lambda k: (rank(k[0]), *k)):
         cells = []
         for p in problems:
             mine = [r for k, r in last.items() if k[:4] == (method, T, lengths, p)]
