@@ -276,17 +276,18 @@ class Lengths:
             return self.steps
         return min(self.steps, -(-self.task.steps(L) // self.bucket) * self.bucket)
 
+    def distinct(self) -> list[int]:
+        """The training lengths that occur, ascending."""
+        return [self.T] if self.draws is None else sorted(set(self.draws.tolist()))
+
     def buckets(self) -> dict[int, int]:
         """{array length: the longest training length padded to it}."""
-        out: dict[int, int] = {}
-        for L in ([self.T] if self.draws is None else sorted(set(self.draws.tolist()))):
-            out[self.padded(L)] = L
-        return out
+        return {self.padded(L): L for L in self.distinct()}
 
     def warm_up(self, draw, keys) -> None:
         """Compile ``draw(keys, update, L)`` for every length before the clock starts
         (once per array length for a task whose generator takes a traced length)."""
-        for L in ([self.T] if self.draws is None else sorted(set(self.draws.tolist()))):
+        for L in self.distinct():
             jax.block_until_ready(draw(keys, 0, L))
 
 
@@ -465,13 +466,14 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                             opt_state=keep(new.opt_state, state.opt_state)), metrics
 
     lengths = Lengths(task, T, config.min_train_length, seeds[0], bucket=LENGTH_BUCKET)
-    batches = {s: _batches(task, config.first_order_batch, s) for s in lengths.buckets()}
+    buckets = lengths.buckets()
+    batches = {s: _batches(task, config.first_order_batch, s) for s in buckets}
     draw = lambda keys, update, L: batches[lengths.padded(L)](keys, update, L)
     t0 = time.perf_counter()
     lengths.warm_up(draw, data_keys)
     vstep = jax.jit(jax.vmap(masked_step))
     steps = {s: vstep.lower(states, draw(data_keys, 0, L), jnp.ones(len(seeds), bool)).compile()
-             for s, L in lengths.buckets().items()}
+             for s, L in buckets.items()}
     step = lambda states, batch, mask: steps[batch.mask.shape[1]](states, batch, mask)
     compile_seconds = time.perf_counter() - t0
     predict = _predictor(net)
