@@ -262,26 +262,24 @@ def markers(seq_len: int, windows: tuple[tuple[float, float], ...], scale: float
     order (each window starts where the previous one ended, at the earliest), so
     that the problems stay defined for short sequences.
     """
-    out, start = [], 1
-    for a, b in windows:  # a·T/scale rather than a·(T/scale): exact for whole a, T, scale
-        lo = max(start, math.floor(a * seq_len / scale))
-        hi = max(lo + 1, math.floor(b * seq_len / scale) + (1 if inclusive else 0))
-        hi = min(hi, seq_len - 1)
-        if lo >= hi:
-            raise ValueError(f"seq_len={seq_len} is too short for marker windows {windows}")
-        out.append((lo, hi))
-        start = hi
-    return out
+    spans = _marker_spans(seq_len, windows, scale, inclusive)
+    if any(lo >= hi for lo, hi in spans):
+        raise ValueError(f"seq_len={seq_len} is too short for marker windows {windows}")
+    return spans
 
 
-def _traced_markers(seq_len: jax.Array, windows: tuple[tuple[int, int], ...],
-                    scale: int) -> list[tuple[jax.Array, jax.Array]]:
-    """:func:`markers` for a traced ``seq_len`` and integer windows (exact integer
-    arithmetic; the lengths are checked against ``min_seq_len`` before tracing)."""
+def _marker_spans(seq_len, windows, scale, inclusive: bool = False) -> list[tuple]:
+    """The spans of :func:`markers`, unchecked; ``seq_len`` a Python int or a traced
+    int32 (then integer ``windows`` and ``scale``; the lengths are checked against
+    ``min_seq_len`` before tracing)."""
+    traced = not isinstance(seq_len, int)
+    most, least = (jnp.maximum, jnp.minimum) if traced else (max, min)
+    # a·T/scale rather than a·(T/scale): exact for whole a, T, scale
+    floor = (lambda x: x // scale) if traced else (lambda x: math.floor(x / scale))
     out, start = [], 1
     for a, b in windows:
-        lo = jnp.maximum(start, a * seq_len // scale)
-        hi = jnp.minimum(jnp.maximum(lo + 1, b * seq_len // scale), seq_len - 1)
+        lo = most(start, floor(a * seq_len))
+        hi = least(most(lo + 1, floor(b * seq_len) + (1 if inclusive else 0)), seq_len - 1)
         out.append((lo, hi))
         start = hi
     return out
@@ -380,7 +378,7 @@ def _operand_task(name: str, op: Callable, windows: tuple[tuple[int, int], ...],
 
     def padded(key, batch_size: int, seq_len: jax.Array, steps: int) -> Batch:
         k_val, k_a, k_b = jax.random.split(key, 3)
-        (lo_a, hi_a), (lo_b, hi_b) = _traced_markers(seq_len, windows, scale)
+        (lo_a, hi_a), (lo_b, hi_b) = _marker_spans(seq_len, windows, scale)
         t = jnp.arange(steps)[:, None]
         bits = lambda k: jax.random.bernoulli(k, 0.5, (batch_size,)).astype(jnp.float32)
         values = _per_step(k_val, steps, bits) * (t < seq_len)
