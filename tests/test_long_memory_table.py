@@ -229,6 +229,16 @@ def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_pat
     assert not np.array_equal(first, seen[-1])
 
 
+def test_checks_thin_out_on_long_runs_except_under_the_zero_error_rule(tmp_path):
+    """Checks every --eval_every updates, or every 5% of the updates so far; training to
+    zero errors (Pascanu's rule) keeps checking every --eval_every updates."""
+    usual = tiny(tmp_path / "c.jsonl", eval_every=20)
+    assert table._until_check(100, 20, usual) == 20
+    assert table._until_check(500_000, 20, usual) == 25_000
+    zero = dataclasses.replace(usual, stop_error_rate=0.0)
+    assert table._until_check(500_000, 20, zero) == 20
+
+
 def test_a_snapshot_saved_before_new_keys_joined_it_still_resumes(tmp_path):
     config = tiny(tmp_path / "s.jsonl", checkpoint_minutes=0.0)
     saver = table._Saver(str(tmp_path), "p", config)
