@@ -395,6 +395,53 @@ class _Saver:
             shutil.rmtree(self.path)
 
 
+class _Best:
+    """Each network's best 10,000-sequence test so far, when it was, and its params
+    (leaves ``[n, ...]``): training past a solve (``--stop_error_rate=0``) can lose it
+    again, and the row reports the best test and keeps that network."""
+
+    KEYS = ("best", "best_rate", "best_at")  # its entries in a program's snapshot
+
+    def __init__(self, params):
+        n = len(jax.tree.leaves(params)[0])
+        self.params, self.rate, self.at = params, np.full(n, 2.0), np.zeros(n, np.int64)
+
+    def state(self) -> dict:
+        return dict(best=self.params, best_rate=self.rate, best_at=self.at)
+
+    def load(self, saved: dict) -> None:
+        """From a snapshot (one saved before these keys existed leaves them as they are)."""
+        self.params = saved.get("best", self.params)
+        self.rate, self.at = saved.get("best_rate", self.rate), saved.get("best_at", self.at)
+
+    def saw(self, i: int, rate: float, updates: int, params) -> None:
+        """Network ``i`` (of ``params``) had ``rate`` wrong on the full test after ``updates``."""
+        if rate < self.rate[i]:
+            self.rate[i], self.at[i] = rate, updates
+            self.params = jax.tree.map(lambda b, x: b.at[i].set(x[i]), self.params, params)
+
+    @property
+    def tested(self) -> np.ndarray:
+        """[n] whether each network had a full test."""
+        return self.rate <= 1.0
+
+    def kept(self, params):
+        """Each network's params at its best test, else ``params`` (its last state)."""
+        tested = self.tested
+        return jax.tree.map(lambda b, x: jnp.where(tested.reshape((-1,) + (1,) * (x.ndim - 1)),
+                                                   b, x), self.params, params)
+
+    def rates(self, last: np.ndarray) -> np.ndarray:
+        """[n] each network's reported error rate: its best test, else its ``last`` check."""
+        return np.where(self.tested, self.rate, last)
+
+    def fields(self, i: int, updates: int, last: float) -> dict:
+        """Row fields of a network that trained on past its best test."""
+        if self.tested[i] and self.at[i] != updates:
+            return dict(best_updates=int(self.at[i]), last_error_rate=float(last))
+        return {}
+
+
 class _Progress:
     """A bar over a program's training-time budget (seconds), with its updates, the
     last check's error rate of each network and a note (HF: λ and ρ); silent with
@@ -488,24 +535,20 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     def snapshot():
         return dict(states=states, active=active.astype(np.int8), done_at=done_at,
                     solved_at=solved_at, seconds=seconds, rates=rates, loss=loss,
-                    clock=np.array([updates, train_time]), best=best, best_rate=best_rate,
-                    best_at=best_at)
+                    clock=np.array([updates, train_time]), **best.state())
 
-    # Each network's best 10,000-sequence test so far and its params: training past a
-    # solve (--stop_error_rate=0) can lose it again, and the row reports the best.
-    best, best_rate, best_at = states.params, np.full(n, 2.0), np.zeros(n, np.int64)
+    best = _Best(states.params)
     active = np.ones(n, bool)
     done_at = np.zeros(n, np.int64)     # updates when stopped (or at the end)
     solved_at = np.zeros(n, np.int64)   # updates when first solved (0: not yet)
     seconds = np.zeros(n)
     rates, loss = np.full(n, np.nan), np.full(n, np.nan)
     train_time, updates = 0.0, 0
-    saved = saver.restore(snapshot(), added=("best", "best_rate", "best_at"))
+    saved = saver.restore(snapshot(), added=_Best.KEYS)
     if saved is not None:
         states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
         solved_at = saved["solved_at"]
-        best = saved.get("best", states.params)
-        best_rate, best_at = saved.get("best_rate", best_rate), saved.get("best_at", best_at)
+        best.load(saved)
         active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
@@ -524,20 +567,16 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
             rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
                                     config.test_sequences)[0]
-            if rates[i] < best_rate[i]:
-                best_rate[i], best_at[i] = rates[i], updates
-                best = jax.tree.map(lambda b, x: b.at[i].set(x[i]), best, states.params)
+            best.saw(i, float(rates[i]), updates, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
             active[i] = not _done(float(rates[i]), config)
         progress(train_time, updates, rates)
         saver(snapshot(), train_time)
     progress.close()
-    tested = best_rate <= 1.0  # the networks kept: each one's best test, else its last state
-    kept = jax.tree.map(lambda b, x: jnp.where(tested.reshape((n,) + (1,) * (x.ndim - 1)), b, x),
-                        best, states.params)
+    kept = best.kept(states.params)
     saver.keep(kept)
-    last_rates, rates = rates, np.where(tested, best_rate, rates)
+    last_rates, rates = rates, best.rates(rates)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
     general = (_generalization(task, predict, kept, test_keys, config)
                if config.generalize_to and solved.any() else None)
@@ -555,8 +594,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
                                omega=config.omega if method == "sgd_cr" else 0.0,
                                **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
-        if tested[i] and best_at[i] != done_at[i]:  # it trained on past its best test
-            row.update(best_updates=int(best_at[i]), last_error_rate=float(last_rates[i]))
+        row.update(best.fields(i, done_at[i], last_rates[i]))
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
@@ -613,9 +651,10 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     predict = _predictor(net)
     tests = test_key[None]
 
+    stacked = lambda params: jax.tree.map(lambda x: x[None], params)  # as one of n networks
+
     def error_rate(n: int, keys=tests) -> float:
-        params = jax.tree.map(lambda x: x[None], state.params)
-        return float(_error_rates(task, predict, params, keys, T, n)[0])
+        return float(_error_rates(task, predict, stacked(state.params), keys, T, n)[0])
 
     eval_every = max(1, config.eval_every // 20)
     progress, saver = _program(problem, T, method, (seed,), config, workdir)
@@ -624,11 +663,13 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
 
     def snapshot():
         return dict(states=state, rates=np.array([rate]), loss=np.array([loss]),
-                    clock=np.array([updates, train_time, solved_at]))
+                    clock=np.array([updates, train_time, solved_at]), **best.state())
 
-    saved = saver.restore(snapshot())
+    best = _Best(stacked(state.params))
+    saved = saver.restore(snapshot(), added=_Best.KEYS)
     if saved is not None:
         state, rate, loss = saved["states"], float(saved["rates"][0]), float(saved["loss"][0])
+        best.load(saved)
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
         solved_at = int(saved["clock"][2])
     while updates < config.max_updates and train_time < 60 * config.max_minutes:
@@ -642,6 +683,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         rate, solved = error_rate(1000, _check_keys(tests)), False
         if synthetic.solved(rate):
             rate = error_rate(config.test_sequences)
+            best.saw(0, rate, updates, stacked(state.params))
             solved = synthetic.solved(rate)
             if solved and not solved_at:
                 solved_at = updates
@@ -653,7 +695,10 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
             break
         saver(snapshot(), train_time)
     progress.close()
-    saver.keep(state.params)
+    kept = best.kept(stacked(state.params))
+    saver.keep(kept)
+    last, rate = rate, float(best.rates(np.array([rate]))[0])
+    solved = synthetic.solved(rate)
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
                updates=updates, train_seconds=round(train_time, 1),
@@ -667,10 +712,9 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            curvature_batch=protocol.curvature_batch,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
-                           input_scale=protocol.input_scale))
+                           input_scale=protocol.input_scale), **best.fields(0, updates, last))
     if solved and config.generalize_to:
-        params = jax.tree.map(lambda x: x[None], state.params)
-        row["generalization"] = _generalization(task, predict, params, tests, config)[0]
+        row["generalization"] = _generalization(task, predict, kept, tests, config)[0]
     return row, saver
 
 

@@ -203,7 +203,9 @@ def test_overview_counts_each_seed_once_by_its_last_row():
                          "| sgd_cr | 100 |  | 0/1 |", "| sgd_cr (basic_tanh) | 100 |  | 1/1 |"]
 
 
-def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["adam_clip", "hf"])
+def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_path, monkeypatch,
+                                                                         method):
     """Training past a solve (--stop_error_rate=0) can lose it: the row reports the best
     10,000-sequence test, when it was, and the last check; that network is the one kept."""
     quick = iter([0.005, 0.5, 0.6])  # the 1,000-sequence checks after updates 1, 2, 3
@@ -214,14 +216,15 @@ def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_pat
         return np.array([next(quick) if n == 1000 else 0.004])
 
     monkeypatch.setattr(table, "_error_rates", scripted)
-    config = tiny(tmp_path / "z.jsonl", max_updates=3, stop_error_rate=0.0)
+    config = tiny(tmp_path / "z.jsonl", max_updates=3, stop_error_rate=0.0, methods=(method,),
+                  hf_gradient_batch=40, hf_curvature_batch=20, cg_iters=3)
     (row,) = table.run(config, str(tmp_path / "w"))["rows"]
     assert row["solved"] and row["error_rate"] == 0.004 and row["updates"] == 3
     assert row["best_updates"] == 1 and row["last_error_rate"] == 0.6
     assert "0.4 (last 60.0)" in table.summarize([row])
     (kept,) = (tmp_path / "w" / "networks").iterdir()
     task = table.synthetic.get("temporal_order")
-    _, params, _ = table.build("adam_clip", task, config, table.jax.random.key(0))
+    _, params, _ = table.build(method, task, config, table.jax.random.key(0))
     template = table.jax.tree.map(lambda x: np.zeros((1, *x.shape), x.dtype), params)
     restored = table.checkpoint.restore(str(kept), template)
     first = table.jax.tree.leaves(restored)[0]
