@@ -30,7 +30,9 @@ updates, or every 5% of the updates made so far when that is more, on 1,000 fres
 sequences; the 10,000-sequence test runs when that check passes). Under Pascanu et
 al.'s stopping rule (``--stop_error_rate=0``) the checks stay every ``--eval_every``
 updates, as in their code: on a noisy trajectory a zero-error network can last only a
-few hundred updates. ``--generalize_to``
+few hundred updates; with ``--min_train_length`` that rule's test also spans the
+training lengths (``--test_sequences`` spread over ten lengths from the shortest to T),
+as their validation does, and the row adds ``train_lengths_error_rate``. ``--generalize_to``
 also scores a solved model at longer lengths.
 
 With ``--vmap_seeds`` the first-order methods train the seeds of a cell together,
@@ -160,7 +162,8 @@ class Config:
     stop_error_rate: float = cli.field(
         synthetic.SUCCESS_ERROR_RATE, "Stop training a network once at most this fraction of "
         "the --test_sequences is wrong (it counts as solved under 1%); 0 is Pascanu et al.'s "
-        "rule: train until no test sequence is wrong.", check=_at_most_success)
+        "rule: train until no test sequence is wrong (with --min_train_length, none at T and "
+        "none across the training lengths).", check=_at_most_success)
     only_tags: tuple[str, ...] = cli.field((), "--summary and --plot: only the rows with these "
                                            "tags (default: every row).")
     summary: bool = cli.field(False, "Only print the rows in --results as markdown: seeds "
@@ -325,6 +328,45 @@ def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
     chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))
     return synthetic.error_rates(task, lambda xs: predict(params, xs), keys, L,
                                  num_sequences=n, batch_size=chunk)
+
+
+def _across_lengths(config: Config) -> bool:
+    """Whether a network's full test also spans its training lengths: Pascanu et al.'s
+    zero-error rule on variable lengths (their validation draws from the training range;
+    a network with no errors at T alone can fail at shorter training lengths)."""
+    return (config.min_train_length is not None
+            and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE)
+
+
+def _training_lengths_rates(task, predict, params, keys: jax.Array, T: int,
+                            config: Config) -> np.ndarray:
+    """[N] fraction wrong of ``--test_sequences`` fresh sequences spread over ten lengths
+    evenly spaced in [``--min_train_length``, T] (each length its own key stream)."""
+    lengths = np.unique(np.linspace(config.min_train_length, T, 10).round().astype(int))
+    each = -(-config.test_sequences // len(lengths))
+    return np.mean([_error_rates(task, predict, params,
+                                 jax.vmap(lambda k: jax.random.fold_in(k, int(L)))(keys), int(L),
+                                 each) for L in lengths], axis=0)
+
+
+def _full_test(task, predict, params, keys: jax.Array, T: int, config: Config) -> np.ndarray:
+    """[N] each network's full test: the fraction of ``--test_sequences`` at T it gets
+    wrong, or with :func:`_across_lengths` the worse of that and its training lengths'."""
+    rates = _error_rates(task, predict, params, keys, T, config.test_sequences)
+    if _across_lengths(config):
+        rates = np.maximum(rates, _training_lengths_rates(task, predict, params, keys, T, config))
+    return rates
+
+
+def _kept_rates(task, predict, kept, keys: jax.Array, T: int, config: Config, best: "_Best",
+                last: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows' error rates of the kept networks: at T for each tested one (else its
+    ``last`` check), and with :func:`_across_lengths` the rate over the training lengths."""
+    if not _across_lengths(config) or not best.tested.any():
+        return best.rates(last), None
+    at_T = _error_rates(task, predict, kept, keys, T, config.test_sequences)
+    return (np.where(best.tested, at_T, last),
+            _training_lengths_rates(task, predict, kept, keys, T, config))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -565,8 +607,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         rates = np.where(active, quick, rates)
         for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
-            rates[i] = _error_rates(task, predict, sub, test_keys[i:i + 1], T,
-                                    config.test_sequences)[0]
+            rates[i] = _full_test(task, predict, sub, test_keys[i:i + 1], T, config)[0]
             best.saw(i, float(rates[i]), updates, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
@@ -576,7 +617,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     progress.close()
     kept = best.kept(states.params)
     saver.keep(kept)
-    last_rates, rates = rates, best.rates(rates)
+    last_rates = rates
+    rates, spread = _kept_rates(task, predict, kept, test_keys, T, config, best, rates)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
     general = (_generalization(task, predict, kept, test_keys, config)
                if config.generalize_to and solved.any() else None)
@@ -595,6 +637,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                omega=config.omega if method == "sgd_cr" else 0.0,
                                **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
         row.update(best.fields(i, done_at[i], last_rates[i]))
+        if spread is not None and best.tested[i]:
+            row["train_lengths_error_rate"] = float(spread[i])
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
@@ -653,12 +697,9 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
 
     stacked = lambda params: jax.tree.map(lambda x: x[None], params)  # as one of n networks
 
-    def error_rate(n: int, keys=tests) -> float:
-        return float(_error_rates(task, predict, stacked(state.params), keys, T, n)[0])
-
     eval_every = max(1, config.eval_every // 20)
     progress, saver = _program(problem, T, method, (seed,), config, workdir)
-    train_time, updates, solved, rate, loss = 0.0, 0, False, float("nan"), float("nan")
+    train_time, updates, rate, loss = 0.0, 0, float("nan"), float("nan")
     solved_at = 0  # updates when first solved (0: not yet)
 
     def snapshot():
@@ -680,12 +721,12 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
             updates += 1
         loss = float(metrics["loss"])
         train_time += time.perf_counter() - t0
-        rate, solved = error_rate(1000, _check_keys(tests)), False
+        rate = float(_error_rates(task, predict, stacked(state.params), _check_keys(tests), T,
+                                  1000)[0])
         if synthetic.solved(rate):
-            rate = error_rate(config.test_sequences)
+            rate = float(_full_test(task, predict, stacked(state.params), tests, T, config)[0])
             best.saw(0, rate, updates, stacked(state.params))
-            solved = synthetic.solved(rate)
-            if solved and not solved_at:
+            if synthetic.solved(rate) and not solved_at:
                 solved_at = updates
         # the current λ and the last ρ say whether HF still takes real steps (a λ that
         # only grows is stuck)
@@ -697,7 +738,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     progress.close()
     kept = best.kept(stacked(state.params))
     saver.keep(kept)
-    last, rate = rate, float(best.rates(np.array([rate]))[0])
+    rates, spread = _kept_rates(task, predict, kept, tests, T, config, best, np.array([rate]))
+    last, rate = rate, float(rates[0])
     solved = synthetic.solved(rate)
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
@@ -713,6 +755,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
                            input_scale=protocol.input_scale), **best.fields(0, updates, last))
+    if spread is not None and best.tested[0]:
+        row["train_lengths_error_rate"] = float(spread[0])
     if solved and config.generalize_to:
         row["generalization"] = _generalization(task, predict, kept, tests, config)[0]
     return row, saver

@@ -232,6 +232,27 @@ def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_pat
     assert not np.array_equal(first, seen[-1])
 
 
+def test_the_zero_error_rule_on_variable_lengths_also_tests_the_training_lengths(tmp_path,
+                                                                                 monkeypatch):
+    """Pascanu's validation spans the training lengths: a network with no errors at T but
+    some at shorter training lengths trains on, and its row reports both rates."""
+    asked = []
+
+    def scripted(task, predict, params, keys, L, n):
+        asked.append((L, n))
+        return np.array([0.0 if L == 12 else 0.3])
+
+    monkeypatch.setattr(table, "_error_rates", scripted)
+    vary = dict(lengths=(12,), min_train_length=10, max_updates=3)
+    (usual,) = table.run(tiny(tmp_path / "u.jsonl", **vary), None)["rows"]
+    assert usual["updates"] == 1 and "train_lengths_error_rate" not in usual
+    asked.clear()
+    (row,) = table.run(tiny(tmp_path / "z.jsonl", stop_error_rate=0.0, **vary), None)["rows"]
+    assert row["updates"] == 3 and row["solved"] and row["error_rate"] == 0.0
+    assert row["train_lengths_error_rate"] == pytest.approx(0.2)  # 0.3 at 10 and 11, 0 at 12
+    assert {(10, 34), (11, 34), (12, 34)} <= set(asked)
+
+
 def test_checks_thin_out_on_long_runs_except_under_the_zero_error_rule(tmp_path):
     """Checks every --eval_every updates, or every 5% of the updates so far; training to
     zero errors (Pascanu's rule) keeps checking every --eval_every updates."""
