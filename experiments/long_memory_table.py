@@ -164,13 +164,16 @@ class Config:
         "the --test_sequences is wrong (it counts as solved under 1%); 0 is Pascanu et al.'s "
         "rule: train until no test sequence is wrong (with --min_train_length, none at T and "
         "none across the training lengths).", check=_at_most_success)
-    only_tags: tuple[str, ...] = cli.field((), "--summary and --plot: only the rows with these "
-                                           "tags (default: every row).")
+    only_tags: tuple[str, ...] = cli.field((), "--summary and the plots: only the rows with "
+                                           "these tags (default: every row).")
     summary: bool = cli.field(False, "Only print the rows in --results as markdown: seeds "
                               "solved per method, length and problem, then one line per cell "
                               "(seeds pooled); train nothing.")
     plot: str | None = cli.field(None, "Only draw the success-against-T plot of the rows in "
                                  "--results into this PNG (no training).")
+    plot_generalization: str | None = cli.field(
+        None, "Only draw the error rate against test length of the rows in --results that "
+        "were scored with --generalize_to into this PNG (no training).")
 
     def check(self) -> None:
         if self.min_train_length is not None and self.min_train_length > min(self.lengths):
@@ -912,6 +915,36 @@ def plot_success(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def plot_generalization(rows: list[dict], path: str) -> None:
+    """Error rate against test length, a line per row scored with ``--generalize_to``:
+    its test at T, then each longer length; the training lengths are drawn as a bar."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("generalization")]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for r in rows:
+        lengths = [int(r["T"])] + [int(L) for L in r["generalization"]]
+        wrong = [r["error_rate"]] + list(r["generalization"].values())
+        lo, hi = r.get("train_lengths", [r["T"], r["T"]])
+        init = r.get("budget", {}).get("init")
+        trained = f"{lo}–{hi}" if lo != hi else f"{hi}"
+        label = (f"{r['method']}{f' ({init})' if init else ''}, {r['problem']} trained on "
+                 f"{trained}, seed {r['seed']}, {r.get('tag', '')}").strip(", ")
+        line, = ax.plot(lengths, [100 * w for w in wrong], "o-", label=label, markersize=4)
+        ax.plot([lo, hi], [-3, -3], color=line.get_color(), linewidth=4, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("test length (log scale; bars: the training lengths)")
+    ax.set_ylabel("% of 10,000 fresh sequences wrong")
+    ax.set_ylim(-6, 100)
+    ax.set_title("Generalisation to longer sequences", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits beside the axes
+    plt.close(fig)
+
+
 def run(config: Config, workdir: str | None = None, report=None) -> dict:
     """Fill the table: every (problem, T, method, seed) row not yet in ``config.results``.
 
@@ -919,17 +952,22 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
     each row. ``workdir`` also receives ``results.json`` (the rows run now).
     """
     cli.validate(config)
-    if config.plot or config.summary:
+    if config.plot or config.summary or config.plot_generalization:
         rows = [r for r in cli.read_jsonl(config.results)
                 if not config.only_tags or r.get("tag", "") in config.only_tags]
         if not rows:
             raise cli.ConfigError("results", config.results,
                                   "--plot and --summary need a results file with rows"
                                   + (" with the --only_tags" if config.only_tags else ""))
+        if config.plot_generalization and not any(r.get("generalization") for r in rows):
+            raise cli.ConfigError("plot_generalization", config.plot_generalization,
+                                  "expected rows in --results scored with --generalize_to")
         if config.summary:
             print(overview(rows), summarize(rows), sep="\n\n")
         if config.plot:
             plot_success(rows, config.plot)
+        if config.plot_generalization:
+            plot_generalization(rows, config.plot_generalization)
         return {"rows": [], "skipped": len(rows), "plot": config.plot}
     for problem in config.problems:
         shortest = synthetic.get(problem).min_seq_len

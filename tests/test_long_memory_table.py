@@ -45,6 +45,16 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     # The plot reads the rows and trains nothing.
     out = table.run(dataclasses.replace(tiny(path), plot=str(tmp_path / "img" / "s.png")), None)
     assert out["skipped"] == 3 and (tmp_path / "img" / "s.png").stat().st_size > 0
+    # The generalisation plot needs rows scored at longer lengths, and says so.
+    drawn = dataclasses.replace(tiny(path), plot_generalization=str(tmp_path / "img" / "g.png"))
+    with pytest.raises(table.cli.ConfigError, match="scored with --generalize_to"):
+        table.run(drawn, None)
+    with path.open("a") as f:
+        f.write(json.dumps(dict(problem="temporal_order", T=100, method="sgd_cr", seed=0,
+                                solved=True, error_rate=0.0, train_lengths=[50, 100],
+                                generalization={"1000": 0.6})) + "\n")
+    table.run(drawn, None)
+    assert (tmp_path / "img" / "g.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("field,value,message", [
