@@ -341,23 +341,24 @@ def _across_lengths(config: Config) -> bool:
             and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE)
 
 
-def _training_lengths_rates(task, predict, params, keys: jax.Array, T: int,
-                            config: Config) -> np.ndarray:
-    """[N] fraction wrong of ``--test_sequences`` fresh sequences spread over ten lengths
-    evenly spaced in [``--min_train_length``, T] (each length its own key stream)."""
+def _training_lengths_rates(task, predict, params, keys: jax.Array, T: int, config: Config,
+                            n: int) -> np.ndarray:
+    """[N] fraction wrong of ``n`` fresh sequences spread over ten lengths evenly spaced
+    in [``--min_train_length``, T] (each length its own key stream)."""
     lengths = np.unique(np.linspace(config.min_train_length, T, 10).round().astype(int))
-    each = -(-config.test_sequences // len(lengths))
+    each = -(-n // len(lengths))
     return np.mean([_error_rates(task, predict, params,
                                  jax.vmap(lambda k: jax.random.fold_in(k, int(L)))(keys), int(L),
                                  each) for L in lengths], axis=0)
 
 
-def _full_test(task, predict, params, keys: jax.Array, T: int, config: Config) -> np.ndarray:
-    """[N] each network's full test: the fraction of ``--test_sequences`` at T it gets
-    wrong, or with :func:`_across_lengths` the worse of that and its training lengths'."""
-    rates = _error_rates(task, predict, params, keys, T, config.test_sequences)
+def _test(task, predict, params, keys: jax.Array, T: int, config: Config, n: int) -> np.ndarray:
+    """[N] each network's test: the fraction of ``n`` fresh sequences at T it gets wrong,
+    or with :func:`_across_lengths` the worse of that and its training lengths'."""
+    rates = _error_rates(task, predict, params, keys, T, n)
     if _across_lengths(config):
-        rates = np.maximum(rates, _training_lengths_rates(task, predict, params, keys, T, config))
+        rates = np.maximum(rates, _training_lengths_rates(task, predict, params, keys, T, config,
+                                                          n))
     return rates
 
 
@@ -369,7 +370,8 @@ def _kept_rates(task, predict, kept, keys: jax.Array, T: int, config: Config, be
         return best.rates(last), None
     at_T = _error_rates(task, predict, kept, keys, T, config.test_sequences)
     return (np.where(best.tested, at_T, last),
-            _training_lengths_rates(task, predict, kept, keys, T, config))
+            _training_lengths_rates(task, predict, kept, keys, T, config,
+                                    config.test_sequences))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -610,7 +612,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         rates = np.where(active, quick, rates)
         for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
-            rates[i] = _full_test(task, predict, sub, test_keys[i:i + 1], T, config)[0]
+            rates[i] = _test(task, predict, sub, test_keys[i:i + 1], T, config,
+                             config.test_sequences)[0]
             best.saw(i, float(rates[i]), updates, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
@@ -727,7 +730,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         rate = float(_error_rates(task, predict, stacked(state.params), _check_keys(tests), T,
                                   1000)[0])
         if synthetic.solved(rate):
-            rate = float(_full_test(task, predict, stacked(state.params), tests, T, config)[0])
+            rate = float(_test(task, predict, stacked(state.params), tests, T, config,
+                               config.test_sequences)[0])
             best.saw(0, rate, updates, stacked(state.params))
             if synthetic.solved(rate) and not solved_at:
                 solved_at = updates
