@@ -532,6 +532,8 @@ def _row(problem: str, T: int, method: str, seed: int, config: Config, first_sol
     if config.min_train_length is not None:
         row["train_lengths"] = [config.min_train_length, T]
     row.update(fields)
+    if _across_lengths(config):  # the zero-error test also spanned the training lengths
+        row["budget"] = dict(row["budget"], across_lengths=True)
     if row["solved"] and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
         row["first_solved_updates"] = int(first_solved)
     row.update(machine=machine(), date=time.strftime("%Y-%m-%d", time.gmtime()))
@@ -821,6 +823,8 @@ def _budget_text(row: dict) -> str:
     stop = b.get("stop_error_rate", synthetic.SUCCESS_ERROR_RATE)
     if stop < synthetic.SUCCESS_ERROR_RATE:
         text += ", trained to zero errors" if stop == 0 else f", trained to ≤ {stop:.2%} wrong"
+        if b.get("across_lengths") or "train_lengths_error_rate" in row:  # older rows: the key
+            text += " at T and across the training lengths"
     if row["updates"] >= b.get("max_updates", float("inf")):  # stopped by the update cap
         text += f", ≤ {b['max_updates']} updates"
     return text
@@ -848,6 +852,10 @@ def summarize(rows: list[dict]) -> str:
                                                    for r in won if "generalization" in r)
                             for L in sorted({L for r in won for L in r.get("generalization", {})},
                                             key=int))
+        spread = "/".join(f"{100 * r['train_lengths_error_rate']:.1f}%" for r in mine
+                          if "train_lengths_error_rate" in r)
+        if spread:  # the zero-error rule's test across the training lengths
+            general = f"training lengths: {spread}" + (f"; {general}" if general else "")
         wrong = "/".join(f"{100 * r['error_rate']:.1f}" + (  # the best test, then the last
             f" (last {100 * r['last_error_rate']:.1f})" if "last_error_rate" in r else "")
             for r in mine)

@@ -261,6 +261,8 @@ def test_the_zero_error_rule_on_variable_lengths_also_tests_the_training_lengths
     assert row["updates"] == 3 and row["solved"] and row["error_rate"] == 0.0
     assert row["train_lengths_error_rate"] == pytest.approx(0.2)  # 0.3 at 10 and 11, 0 at 12
     assert {(10, 34), (11, 34), (12, 34)} <= set(asked)
+    line = table.summarize([row]).splitlines()[-1]
+    assert "training lengths: 20.0%" in line and "across the training lengths" in line
 
 
 def test_checks_thin_out_on_long_runs_except_under_the_zero_error_rule(tmp_path):
