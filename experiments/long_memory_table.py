@@ -848,10 +848,10 @@ def summarize(rows: list[dict]) -> str:
         won = [r for r in mine if r["solved"]]
         med = lambda k: f"{np.median([r[k] for r in won]):.0f}" if won else "–"
         T = f"{cell[4]}–{cell[1]}" if cell[4] else str(cell[1])
-        general = "; ".join(f"T={L}: " + "/".join(f"{100 * r['generalization'][L]:.1f}%"
-                                                   for r in won if "generalization" in r)
-                            for L in sorted({L for r in won for L in r.get("generalization", {})},
-                                            key=int))
+        scored = [r["generalization"] for r in won if "generalization" in r]
+        general = "; ".join(f"T={L}: " + "/".join(f"{100 * g[L]:.1f}%" if L in g else "–"
+                                                   for g in scored)
+                            for L in sorted({L for g in scored for L in g}, key=int))
         spread = "/".join(f"{100 * r['train_lengths_error_rate']:.1f}%" for r in mine
                           if "train_lengths_error_rate" in r)
         if spread:  # the zero-error rule's test across the training lengths

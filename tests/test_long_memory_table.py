@@ -265,6 +265,15 @@ def test_the_zero_error_rule_on_variable_lengths_also_tests_the_training_lengths
     assert "training lengths: 20.0%" in line and "across the training lengths" in line
 
 
+def test_the_summary_pools_seeds_scored_at_different_lengths():
+    row = lambda seed, general: dict(problem="temporal_order", T=200, method="sgd_cr", seed=seed,
+                                     tag="t", solved=True, error_rate=0.0, updates=10,
+                                     train_seconds=1.0, generalization=general,
+                                     budget=dict(max_minutes=5.0, omega=4.0))
+    line = table.summarize([row(0, {"300": 0.1, "1000": 0.5}), row(1, {"250": 0.0, "1000": 0.25})])
+    assert "T=250: –/0.0%; T=300: 10.0%/–; T=1000: 50.0%/25.0%" in line
+
+
 def test_checks_thin_out_on_long_runs_except_under_the_zero_error_rule(tmp_path):
     """Checks every --eval_every updates, or every 5% of the updates so far; training to
     zero errors (Pascanu's rule) keeps checking every --eval_every updates."""
