@@ -936,6 +936,7 @@ def plot_generalization(rows: list[dict], path: str) -> None:
 
     rows = [r for r in rows if r.get("generalization")]
     fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # twenty lines before a colour repeats
     for r in rows:
         lengths = [int(r["T"])] + [int(L) for L in r["generalization"]]
         wrong = [r["error_rate"]] + list(r["generalization"].values())
