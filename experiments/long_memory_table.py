@@ -333,12 +333,17 @@ def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
                                  num_sequences=n, batch_size=chunk)
 
 
+def _zero_error_rule(config: Config) -> bool:
+    """Whether networks train on past a solve, towards ``--stop_error_rate`` (0: Pascanu's
+    rule, no test sequence wrong)."""
+    return config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE
+
+
 def _across_lengths(config: Config) -> bool:
     """Whether a network's full test also spans its training lengths: Pascanu et al.'s
     zero-error rule on variable lengths (their validation draws from the training range;
     a network with no errors at T alone can fail at shorter training lengths)."""
-    return (config.min_train_length is not None
-            and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE)
+    return config.min_train_length is not None and _zero_error_rule(config)
 
 
 def _training_lengths_rates(task, predict, params, keys: jax.Array, T: int, config: Config,
@@ -534,7 +539,7 @@ def _row(problem: str, T: int, method: str, seed: int, config: Config, first_sol
     row.update(fields)
     if _across_lengths(config):  # the zero-error test also spanned the training lengths
         row["budget"] = dict(row["budget"], across_lengths=True)
-    if row["solved"] and config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
+    if row["solved"] and _zero_error_rule(config):
         row["first_solved_updates"] = int(first_solved)
     row.update(machine=machine(), date=time.strftime("%Y-%m-%d", time.gmtime()))
     return row
@@ -663,7 +668,7 @@ def _until_check(updates: int, every: int, config: Config) -> int:
     more (the checks' cost stays a small share of long runs; ``updates`` at success
     is then known to within 5%). Training towards zero errors checks every ``every``
     updates: a zero-error network on a noisy trajectory can be gone 5% later."""
-    if config.stop_error_rate < synthetic.SUCCESS_ERROR_RATE:
+    if _zero_error_rule(config):
         return every
     return max(every, updates // 20)
 
