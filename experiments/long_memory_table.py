@@ -358,25 +358,18 @@ def _training_lengths_rates(task, predict, params, keys: jax.Array, T: int, conf
 
 
 def _test(task, predict, params, keys: jax.Array, T: int, config: Config, n: int) -> np.ndarray:
-    """[N] each network's test: the fraction of ``n`` fresh sequences at T it gets wrong,
-    or with :func:`_across_lengths` the worse of that and its training lengths'."""
-    rates = _error_rates(task, predict, params, keys, T, n)
-    if _across_lengths(config):
-        rates = np.maximum(rates, _training_lengths_rates(task, predict, params, keys, T, config,
-                                                          n))
-    return rates
+    """[N, 2] each network's test: the fraction of ``n`` fresh sequences at T it gets
+    wrong, and with :func:`_across_lengths` of ``n`` more over its training lengths
+    (else NaN); its full test is the worse of the two (:func:`_full`)."""
+    at_T = _error_rates(task, predict, params, keys, T, n)
+    across = (_training_lengths_rates(task, predict, params, keys, T, config, n)
+              if _across_lengths(config) else np.full_like(at_T, np.nan))
+    return np.stack([at_T, across], axis=-1)
 
 
-def _kept_rates(task, predict, kept, keys: jax.Array, T: int, config: Config, best: "_Best",
-                last: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows' error rates of the kept networks: at T for each tested one (else its
-    ``last`` check), and with :func:`_across_lengths` the rate over the training lengths."""
-    if not _across_lengths(config) or not best.tested.any():
-        return best.rates(last), None
-    at_T = _error_rates(task, predict, kept, keys, T, config.test_sequences)
-    return (np.where(best.tested, at_T, last),
-            _training_lengths_rates(task, predict, kept, keys, T, config,
-                                    config.test_sequences))
+def _full(parts: np.ndarray) -> np.ndarray:
+    """The full test's rate from :func:`_test`'s parts ``[..., 2]``: the worse part."""
+    return np.nanmax(parts, axis=-1)
 
 
 # ----------------------------------------------------------------------------- rows
@@ -393,25 +386,30 @@ class _Saver:
         self.networks = None if workdir is None else os.path.join(workdir, "networks", name)
         self.every, self.saved_at = 60 * config.checkpoint_minutes, 0.0
 
-    @staticmethod
-    def _encode(tree: dict) -> dict:
-        return {k: np.nan_to_num(v, nan=-1.0) if k in ("rates", "loss") else v
+    NAN_KEYS = ("rates", "loss", "best_parts")  # entries that may hold NaN
+
+    @classmethod
+    def _encode(cls, tree: dict) -> dict:
+        return {k: np.nan_to_num(v, nan=-1.0) if k in cls.NAN_KEYS else v
                 for k, v in tree.items()}
 
     def restore(self, template: dict, added: tuple[str, ...] = ()) -> dict | None:
-        """The saved state, or None; a state saved before the ``added`` keys joined
-        the snapshot comes back without them (the caller fills them in)."""
+        """The saved state, or None; a state saved before some of the ``added`` keys
+        (in the order they joined the snapshot) comes back without those (the caller
+        fills them in)."""
         if self.path is None or not checkpoint.all_steps(self.path):
             return None
-        try:
-            saved = checkpoint.restore(self.path, self._encode(template))
-        except ValueError:  # a different structure: try the snapshot without the added keys
-            older = {k: v for k, v in template.items() if k not in added}
-            if not added or len(older) == len(template):
-                raise
-            saved = checkpoint.restore(self.path, self._encode(older))
-        for name in ("rates", "loss"):
-            saved[name] = np.where(np.asarray(saved[name]) == -1.0, np.nan, saved[name])
+        for k in range(len(added), -1, -1):  # the full snapshot, then each older one
+            older = {name: v for name, v in template.items() if name not in added[k:]}
+            try:
+                saved = checkpoint.restore(self.path, self._encode(older))
+                break
+            except ValueError:  # a different structure
+                if k == 0 or not added:
+                    raise
+        for name in self.NAN_KEYS:
+            if name in saved:
+                saved[name] = np.where(np.asarray(saved[name]) == -1.0, np.nan, saved[name])
         self.saved_at = float(saved["clock"][1])
         print(f"resuming {self.path} at update {int(saved['clock'][0])} "
               f"({self.saved_at:.0f} s trained)", file=sys.stderr, flush=True)
@@ -452,24 +450,32 @@ class _Best:
     (leaves ``[n, ...]``): training past a solve (``--stop_error_rate=0``) can lose it
     again, and the row reports the best test and keeps that network."""
 
-    KEYS = ("best", "best_rate", "best_at")  # its entries in a program's snapshot
+    # its entries in a program's snapshot; best_parts: the best test's parts (_test)
+    KEYS = ("best", "best_rate", "best_at", "best_parts")
 
     def __init__(self, params):
         n = len(jax.tree.leaves(params)[0])
         self.params, self.rate, self.at = params, np.full(n, 2.0), np.zeros(n, np.int64)
+        self.parts = np.full((n, 2), np.nan)
 
     def state(self) -> dict:
-        return dict(best=self.params, best_rate=self.rate, best_at=self.at)
+        return dict(best=self.params, best_rate=self.rate, best_at=self.at,
+                    best_parts=self.parts)
 
     def load(self, saved: dict) -> None:
         """From a snapshot (one saved before these keys existed leaves them as they are)."""
         self.params = saved.get("best", self.params)
         self.rate, self.at = saved.get("best_rate", self.rate), saved.get("best_at", self.at)
+        # saved before the parts were: its full test stands for the rate at T
+        self.parts = np.array(saved["best_parts"] if "best_parts" in saved else
+                              np.stack([self.rate, np.full_like(self.rate, np.nan)], -1))
 
-    def saw(self, i: int, rate: float, updates: int, params) -> None:
-        """Network ``i`` (of ``params``) had ``rate`` wrong on the full test after ``updates``."""
+    def saw(self, i: int, parts: np.ndarray, updates: int, params) -> None:
+        """Network ``i`` (of ``params``) had the test ``parts`` (:func:`_test`'s ``[2]``)
+        after ``updates``."""
+        rate = float(_full(parts))
         if rate < self.rate[i]:
-            self.rate[i], self.at[i] = rate, updates
+            self.rate[i], self.at[i], self.parts[i] = rate, updates, parts
             self.params = jax.tree.map(lambda b, x: b.at[i].set(x[i]), self.params, params)
 
     @property
@@ -484,8 +490,14 @@ class _Best:
                                                    b, x), self.params, params)
 
     def rates(self, last: np.ndarray) -> np.ndarray:
-        """[n] each network's reported error rate: its best test, else its ``last`` check."""
-        return np.where(self.tested, self.rate, last)
+        """[n] each network's reported error rate: its best test's rate at T, else its
+        ``last`` check."""
+        return np.where(self.tested, self.parts[:, 0], last)
+
+    @property
+    def across(self) -> np.ndarray:
+        """[n] each best test's rate over the training lengths (NaN: not so tested)."""
+        return self.parts[:, 1]
 
     def fields(self, i: int, updates: int, last: float) -> dict:
         """Row fields of a network that trained on past its best test."""
@@ -619,9 +631,10 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         rates = np.where(active, quick, rates)
         for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
-            rates[i] = _test(task, predict, sub, test_keys[i:i + 1], T, config,
-                             config.test_sequences)[0]
-            best.saw(i, float(rates[i]), updates, states.params)
+            parts = _test(task, predict, sub, test_keys[i:i + 1], T, config,
+                          config.test_sequences)[0]
+            rates[i] = _full(parts)
+            best.saw(i, parts, updates, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
             active[i] = not _done(float(rates[i]), config)
@@ -631,7 +644,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     kept = best.kept(states.params)
     saver.keep(kept)
     last_rates = rates
-    rates, spread = _kept_rates(task, predict, kept, test_keys, T, config, best, rates)
+    rates = best.rates(rates)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
     general = (_generalization(task, predict, kept, test_keys, config)
                if config.generalize_to and solved.any() else None)
@@ -650,8 +663,8 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
                                omega=config.omega if method == "sgd_cr" else 0.0,
                                **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
         row.update(best.fields(i, done_at[i], last_rates[i]))
-        if spread is not None and best.tested[i]:
-            row["train_lengths_error_rate"] = float(spread[i])
+        if best.tested[i] and np.isfinite(best.across[i]):
+            row["train_lengths_error_rate"] = float(best.across[i])
         if general is not None and solved[i]:
             row["generalization"] = general[i]
         rows.append(row)
@@ -737,9 +750,10 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
         rate = float(_error_rates(task, predict, stacked(state.params), _check_keys(tests), T,
                                   1000)[0])
         if synthetic.solved(rate):
-            rate = float(_test(task, predict, stacked(state.params), tests, T, config,
-                               config.test_sequences)[0])
-            best.saw(0, rate, updates, stacked(state.params))
+            parts = _test(task, predict, stacked(state.params), tests, T, config,
+                          config.test_sequences)[0]
+            rate = float(_full(parts))
+            best.saw(0, parts, updates, stacked(state.params))
             if synthetic.solved(rate) and not solved_at:
                 solved_at = updates
         # the current λ and the last ρ say whether HF still takes real steps (a λ that
@@ -752,8 +766,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     progress.close()
     kept = best.kept(stacked(state.params))
     saver.keep(kept)
-    rates, spread = _kept_rates(task, predict, kept, tests, T, config, best, np.array([rate]))
-    last, rate = rate, float(rates[0])
+    last, rate = rate, float(best.rates(np.array([rate]))[0])
     solved = synthetic.solved(rate)
     hs = state.opt_state
     row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
@@ -769,8 +782,8 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
                            cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
                            score_on=config.hf_score_on, hidden=config.hidden,
                            input_scale=protocol.input_scale), **best.fields(0, updates, last))
-    if spread is not None and best.tested[0]:
-        row["train_lengths_error_rate"] = float(spread[0])
+    if best.tested[0] and np.isfinite(best.across[0]):
+        row["train_lengths_error_rate"] = float(best.across[0])
     if solved and config.generalize_to:
         row["generalization"] = _generalization(task, predict, kept, tests, config)[0]
     return row, saver

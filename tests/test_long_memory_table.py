@@ -296,3 +296,21 @@ def test_a_snapshot_saved_before_new_keys_joined_it_still_resumes(tmp_path):
     np.testing.assert_array_equal(back["states"], old["states"])
     with pytest.raises(ValueError):
         table._Saver(str(tmp_path), "p", config).restore(newer)
+
+
+def test_a_snapshot_resumes_with_the_keys_it_had(tmp_path):
+    """A snapshot saved before the last of the added keys joined keeps the earlier ones."""
+    config = tiny(tmp_path / "s.jsonl", checkpoint_minutes=0.0)
+    saved = dict(states=np.arange(3.0), rates=np.array([0.5]), loss=np.array([0.1]),
+                 clock=np.array([7, 1.5]), best=np.ones(3), best_rate=np.full(1, 0.25))
+    table._Saver(str(tmp_path), "p", config)(saved, train_time=1.0)
+    newer = dict(saved, best_parts=np.full((1, 2), np.nan))
+    back = table._Saver(str(tmp_path), "p", config).restore(
+        newer, added=("best", "best_rate", "best_parts"))
+    assert set(back) == set(saved)
+    np.testing.assert_array_equal(back["best"], saved["best"])
+    assert back["best_rate"][0] == 0.25
+    best = table._Best(dict(w=np.zeros((1, 3))))
+    best.load(dict(back, best=dict(w=np.ones((1, 3))), best_at=np.array([7])))
+    assert best.tested[0] and best.rates(np.array([0.9]))[0] == 0.25  # its full test at T
+    assert np.isnan(best.across[0])
