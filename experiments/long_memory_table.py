@@ -33,7 +33,8 @@ updates, as in their code: on a noisy trajectory a zero-error network can last o
 few hundred updates; with ``--min_train_length`` that rule's test also spans the
 training lengths (``--test_sequences`` spread over ten lengths from the shortest to T),
 as their validation does, and the row adds ``train_lengths_error_rate``. ``--generalize_to``
-also scores a solved model at longer lengths.
+also scores a solved model at longer lengths (``generalization``; split by the answer's
+class in ``generalization_by_class`` for the problems answered once, with few classes).
 
 With ``--vmap_seeds`` the first-order methods train the seeds of a cell together,
 one vmapped program (a solved network stops updating, the others go on), so their
@@ -328,9 +329,13 @@ def _error_rates(task: synthetic.Task, predict, params, keys: jax.Array, L: int,
                  n: int) -> np.ndarray:
     """[N] fraction of ``n`` fresh length-L sequences each network gets wrong
     (``predict`` from :func:`_predictor`), in chunks whose hidden states stay < ~1 GB."""
-    chunk = max(1, min(n, 1000, 2_000_000 // task.steps(L)))
     return synthetic.error_rates(task, lambda xs: predict(params, xs), keys, L,
-                                 num_sequences=n, batch_size=chunk)
+                                 num_sequences=n, batch_size=_chunk(task, L, n))
+
+
+def _chunk(task: synthetic.Task, L: int, n: int) -> int:
+    """Sequences per call when testing at length L: hidden states stay < ~1 GB."""
+    return max(1, min(n, 1000, 2_000_000 // task.steps(L)))
 
 
 def _zero_error_rule(config: Config) -> bool:
@@ -557,11 +562,32 @@ def _row(problem: str, T: int, method: str, seed: int, config: Config, first_sol
     return row
 
 
-def _generalization(task, predict, params, keys, config: Config) -> list[dict[str, float]]:
-    """Per network, its error rate at each ``--generalize_to`` length."""
-    rates = {L: _error_rates(task, predict, params, keys, L, config.test_sequences)
-             for L in config.generalize_to}
-    return [{str(L): float(r[i]) for L, r in rates.items()} for i in range(len(keys))]
+# problems whose rows also split the generalisation errors by the answer's class
+MAX_CLASSES_SPLIT = 8
+
+
+def _generalization(task, predict, params, keys, config: Config) -> list[dict[str, dict]]:
+    """Per network, row fields: ``generalization``, its error rate at each
+    ``--generalize_to`` length, and for a problem answered by one of at most
+    :data:`MAX_CLASSES_SPLIT` classes at its last step ``generalization_by_class``, the
+    rate among the sequences of each answer (None: none drawn), on the same sequences."""
+    split = (task.kind == "classification" and task.output_size <= MAX_CLASSES_SPLIT
+             and synthetic.answered_once(task))
+    fields = [dict(generalization={}, **({"generalization_by_class": {}} if split else {}))
+              for _ in range(len(keys))]
+    for L in config.generalize_to:
+        if split:
+            rates, by_class = synthetic.error_rates_by_class(
+                task, lambda xs: predict(params, xs), keys, L, num_sequences=config.test_sequences,
+                batch_size=_chunk(task, L, config.test_sequences))
+        else:
+            rates = _error_rates(task, predict, params, keys, L, config.test_sequences)
+        for i, f in enumerate(fields):
+            f["generalization"][str(L)] = float(rates[i])
+            if split:
+                f["generalization_by_class"][str(L)] = [
+                    None if np.isnan(r) else float(r) for r in by_class[i]]
+    return fields
 
 
 def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
@@ -666,7 +692,7 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
         if best.tested[i] and np.isfinite(best.across[i]):
             row["train_lengths_error_rate"] = float(best.across[i])
         if general is not None and solved[i]:
-            row["generalization"] = general[i]
+            row.update(general[i])
         rows.append(row)
     return rows, saver
 
@@ -785,7 +811,7 @@ def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
     if best.tested[0] and np.isfinite(best.across[0]):
         row["train_lengths_error_rate"] = float(best.across[0])
     if solved and config.generalize_to:
-        row["generalization"] = _generalization(task, predict, kept, tests, config)[0]
+        row.update(_generalization(task, predict, kept, tests, config)[0])
     return row, saver
 
 

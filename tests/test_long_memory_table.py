@@ -314,3 +314,23 @@ def test_a_snapshot_resumes_with_the_keys_it_had(tmp_path):
     best.load(dict(back, best=dict(w=np.ones((1, 3))), best_at=np.array([7])))
     assert best.tested[0] and best.rates(np.array([0.9]))[0] == 0.25  # its full test at T
     assert np.isnan(best.across[0])
+
+
+@pytest.mark.parametrize("problem", ["temporal_order", "addition"])
+def test_a_solved_row_scores_longer_lengths_and_splits_them_by_class(tmp_path, monkeypatch,
+                                                                     problem):
+    """--generalize_to scores a solved network at longer lengths; a problem answered by
+    one class at its last step also gets each class's rate, whose mean over the
+    sequences is the overall rate (so it lies between the classes' extremes)."""
+    monkeypatch.setattr(table, "_error_rates", lambda *a: np.array([0.0]))  # "solved"
+    config = tiny(tmp_path / "g.jsonl", problems=(problem,), generalize_to=(15, 20),
+                  test_sequences=300)
+    (row,) = table.run(config, None)["rows"]
+    assert row["solved"] and set(row["generalization"]) == {"15", "20"}
+    if problem == "addition":
+        assert "generalization_by_class" not in row
+        return
+    for L, rate in row["generalization"].items():
+        by_class = [r for r in row["generalization_by_class"][L] if r is not None]
+        assert len(row["generalization_by_class"][L]) == 4 and len(by_class) >= 3
+        assert min(by_class) <= rate <= max(by_class)

@@ -201,6 +201,33 @@ def test_error_rates_of_many_networks_match_evaluate_one_at_a_time():
     assert 0 < rates.min() and rates.max() < 1 and len(set(rates.tolist())) > 1
 
 
+@pytest.mark.parametrize("name", ["temporal_order", "temporal_order3", "xor"])
+def test_error_rates_by_class_split_the_errors_by_the_answer(name):
+    """A network that always answers class 1 is wrong on every other class only; the
+    rates by class agree with error_rates on the same sequences."""
+    task = synthetic.get(name)
+    one = lambda x: jnp.zeros(x.shape[:-1] + (task.output_size,)).at[..., 1].set(1.0)
+    keys = jax.random.split(jax.random.PRNGKey(5), 2)
+    rates, by_class = synthetic.error_rates_by_class(task, jax.vmap(one), keys, 20,
+                                                     num_sequences=400, batch_size=150)
+    chex.assert_shape(by_class, (2, task.output_size))
+    expected = np.ones(task.output_size)
+    expected[1] = 0.0
+    np.testing.assert_array_equal(by_class, np.broadcast_to(expected, by_class.shape))
+    np.testing.assert_array_equal(rates, synthetic.error_rates(
+        task, jax.vmap(one), keys, 20, num_sequences=400, batch_size=150))
+    assert 0 < rates.min() < 1
+
+
+def test_error_rates_by_class_needs_one_answer_per_sequence():
+    assert synthetic.answered_once("permutation") and not synthetic.answered_once("memorization5")
+    zeros = lambda x: jnp.zeros(x.shape[:-1] + (3,))
+    with pytest.raises(ValueError, match="one class at one step, got 'memorization5'"):
+        synthetic.error_rates_by_class("memorization5", zeros, jax.random.PRNGKey(0)[None], 20)
+    with pytest.raises(ValueError, match="got 'addition'"):
+        synthetic.error_rates_by_class("addition", zeros, jax.random.PRNGKey(0)[None], 20)
+
+
 def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown task 'adding'.*addition"):
         synthetic.get("adding")

@@ -602,18 +602,64 @@ def error_rates(
       num_sequences: how many sequences per network (10,000 for the success rule).
       batch_size: sequences per call of ``predict``; the last batch may be smaller.
     """
+    wrong = _tally(task, predict, keys, seq_len, num_sequences, batch_size,
+                   lambda task, outputs, batch: task.wrong(outputs, batch))
+    return wrong / num_sequences
+
+
+def error_rates_by_class(
+    task: Task | str,
+    predict: Callable[[jax.Array], jax.Array],
+    keys: jax.Array,
+    seq_len: int,
+    *,
+    num_sequences: int = NUM_TEST_SEQUENCES,
+    batch_size: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`error_rates` ``[N]`` and, beside it, ``[N, O]`` the fraction wrong among
+    the sequences whose answer is each of the O classes (NaN for a class never drawn):
+    which memories a network loses, for problems answered once at the last step
+    (temporal order, XOR, permutation). Same arguments and sequences as :func:`error_rates`.
+    """
+    task = get(task) if isinstance(task, str) else task
+    if task.kind != "classification" or not answered_once(task):
+        raise ValueError(f"error_rates_by_class needs a problem answered by one class at "
+                         f"one step, got {task.name!r}")
+
+    def by_class(task, outputs, batch):  # [B, 2, O]: (wrong, drawn) one-hot on the answer
+        answer = jnp.sum(batch.targets * (batch.mask > 0), axis=0)
+        drawn = jax.nn.one_hot(answer, task.output_size)
+        return jnp.stack([drawn * task.wrong(outputs, batch)[:, None], drawn], axis=1)
+
+    counts = _tally(task, predict, keys, seq_len, num_sequences, batch_size, by_class)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts[:, 0].sum(-1) / num_sequences, counts[:, 0] / counts[:, 1]
+
+
+def answered_once(task: Task | str) -> bool:
+    """Whether each sequence of ``task`` is scored at exactly one step."""
+    task = get(task) if isinstance(task, str) else task
+    batch = task.generate(jax.random.key(0), 4, max(task.min_seq_len, 20))
+    return bool(np.all(np.asarray(batch.mask).sum(axis=0) == 1))
+
+
+def _tally(task: Task | str, predict: Callable, keys: jax.Array, seq_len: int,
+           num_sequences: int, batch_size: int, score: Callable) -> np.ndarray:
+    """``[N, ...]`` the sum over ``num_sequences`` fresh sequences per network of
+    ``score(task, outputs [T, B, O], batch) -> [B, ...]``, ``batch_size`` at a time."""
     task = get(task) if isinstance(task, str) else task
     _check_positive_int("num_sequences", num_sequences)
     _check_positive_int("batch_size", batch_size)
     task.check_length(seq_len)
-    wrong, done, i = np.zeros(len(keys)), 0, 0
+    total, done, i = 0.0, 0, 0
     while done < num_sequences:
         b = min(batch_size, num_sequences - done)
         batch = _draw_many(task, b, seq_len)(keys, i)
-        wrong += np.asarray(jax.vmap(task.wrong)(predict(batch.inputs), batch)).sum(axis=1)
+        scores = jax.vmap(functools.partial(score, task))(predict(batch.inputs), batch)
+        total = total + np.asarray(scores, np.float64).sum(axis=1)
         done += b
         i += 1
-    return wrong / num_sequences
+    return total
 
 
 def evaluate(
