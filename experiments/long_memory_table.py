@@ -919,8 +919,12 @@ def overview(rows: list[dict]) -> str:
     last: dict[tuple, dict] = {}
     for r in rows:
         lengths = f"{r['train_lengths'][0]}–{r['T']}" if "train_lengths" in r else str(r["T"])
-        init = r.get("budget", {}).get("init", "smart_tanh")  # another init: its own line
-        method = r["method"] + ("" if init == "smart_tanh" else f" ({init})")
+        budget = r.get("budget", {})
+        init = budget.get("init", "smart_tanh")  # another init or Ω weight: its own line
+        variant = [init] if init != "smart_tanh" else []
+        if r["method"] == "sgd_cr" and "omega" in budget:
+            variant.append(f"Ω {budget['omega']:g}")
+        method = r["method"] + (f" ({', '.join(variant)})" if variant else "")
         last[(method, int(r["T"]), lengths, r["problem"], int(r["seed"]))] = r
     problems = [p for p in synthetic.PAPER_TASKS if any(k[3] == p for k in last)]
     problems += sorted({k[3] for k in last} - set(problems))

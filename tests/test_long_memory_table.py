@@ -206,11 +206,17 @@ def test_overview_counts_each_seed_once_by_its_last_row():
     rows = [row(0, False, "short"), row(1, True, "short"), row(0, True, "long"),
             row(0, False, "vary", train_lengths=[50, 100]),
             dict(row(2, False, "short"), problem="xor", method="sgd_cr"),
-            dict(row(2, True, "b"), problem="xor", method="sgd_cr", budget={"init": "basic_tanh"})]
+            dict(row(2, True, "b"), problem="xor", method="sgd_cr", budget={"init": "basic_tanh"}),
+            dict(row(2, True, "w"), problem="xor", method="sgd_cr",
+                 budget={"init": "basic_tanh", "omega": 4.0}),
+            dict(row(2, False, "w2"), problem="xor", method="sgd_cr",
+                 budget={"init": "basic_tanh", "omega": 2.0})]
     lines = table.overview(rows).splitlines()
     assert lines[0] == "| method | T | addition | xor |"
     assert lines[2:] == ["| hf_sd | 100 | 2/2 |  |", "| hf_sd | 50–100 | 0/1 |  |",
-                         "| sgd_cr | 100 |  | 0/1 |", "| sgd_cr (basic_tanh) | 100 |  | 1/1 |"]
+                         "| sgd_cr | 100 |  | 0/1 |", "| sgd_cr (basic_tanh) | 100 |  | 1/1 |",
+                         "| sgd_cr (basic_tanh, Ω 2) | 100 |  | 0/1 |",
+                         "| sgd_cr (basic_tanh, Ω 4) | 100 |  | 1/1 |"]
 
 
 @pytest.mark.parametrize("method", ["adam_clip", "hf"])
