@@ -410,7 +410,7 @@ class _Saver:
                 saved = checkpoint.restore(self.path, self._encode(older))
                 break
             except ValueError:  # a different structure
-                if k == 0 or not added:
+                if k == 0:
                     raise
         for name in self.NAN_KEYS:
             if name in saved:
@@ -460,8 +460,8 @@ class _Best:
 
     def __init__(self, params):
         n = len(jax.tree.leaves(params)[0])
-        self.params, self.rate, self.at = params, np.full(n, 2.0), np.zeros(n, np.int64)
-        self.parts = np.full((n, 2), np.nan)
+        self.params, self.at = params, np.zeros(n, np.int64)
+        self.parts = np.full((n, 2), np.nan)  # [at T, across the lengths]; NaN: not tested
 
     def state(self) -> dict:
         return dict(best=self.params, best_rate=self.rate, best_at=self.at,
@@ -469,24 +469,31 @@ class _Best:
 
     def load(self, saved: dict) -> None:
         """From a snapshot (one saved before these keys existed leaves them as they are)."""
-        self.params = saved.get("best", self.params)
-        self.rate, self.at = saved.get("best_rate", self.rate), saved.get("best_at", self.at)
-        # saved before the parts were: its full test stands for the rate at T
-        self.parts = np.array(saved["best_parts"] if "best_parts" in saved else
-                              np.stack([self.rate, np.full_like(self.rate, np.nan)], -1))
+        self.params, self.at = saved.get("best", self.params), saved.get("best_at", self.at)
+        if "best_parts" in saved:
+            self.parts = np.array(saved["best_parts"])
+        elif "best_rate" in saved:  # saved before the parts were: the full test stands for T
+            rate = np.asarray(saved["best_rate"], np.float64)
+            self.parts = np.stack([np.where(rate <= 1.0, rate, np.nan),
+                                   np.full_like(rate, np.nan)], -1)
 
     def saw(self, i: int, parts: np.ndarray, updates: int, params) -> None:
         """Network ``i`` (of ``params``) had the test ``parts`` (:func:`_test`'s ``[2]``)
         after ``updates``."""
-        rate = float(_full(parts))
-        if rate < self.rate[i]:
-            self.rate[i], self.at[i], self.parts[i] = rate, updates, parts
+        if _full(parts) < self.rate[i]:
+            self.at[i], self.parts[i] = updates, parts
             self.params = jax.tree.map(lambda b, x: b.at[i].set(x[i]), self.params, params)
 
     @property
     def tested(self) -> np.ndarray:
         """[n] whether each network had a full test."""
-        return self.rate <= 1.0
+        return ~np.isnan(self.parts[:, 0])
+
+    @property
+    def rate(self) -> np.ndarray:
+        """[n] each network's best full test (2.0, worse than any, before its first)."""
+        tested = self.tested
+        return np.where(tested, _full(np.where(tested[:, None], self.parts, 0.0)), 2.0)
 
     def kept(self, params):
         """Each network's params at its best test, else ``params`` (its last state)."""
