@@ -948,35 +948,60 @@ def overview(rows: list[dict]) -> str:
 
 
 def plot_success(rows: list[dict], path: str) -> None:
-    """Fraction of rows solved against T, one line per method and tag (problems pooled)."""
+    """Fraction of seeds solved against T: a panel per problem, a line per method and tag
+    (a colour per method). Rows trained on a range of lengths (``--min_train_length``)
+    are left out: their test is at T, but not their training; ``plot_generalization``
+    draws them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    rows = [r for r in rows if len(set(r.get("train_lengths", [r["T"]]))) == 1]
+    problems = sorted({r["problem"] for r in rows}, key=lambda p: (
+        synthetic.PAPER_TASKS.index(p) if p in synthetic.PAPER_TASKS else 99, p))
     groups = sorted({(r["method"], r.get("tag", "")) for r in rows},
                     key=lambda g: (METHODS.index(g[0]) if g[0] in METHODS else 99, g[1]))
-    for i, (method, tag) in enumerate(groups):  # a line per method and tag (budget, protocol)
-        mine = [r for r in rows if r["method"] == method and r.get("tag", "") == tag]
-        lengths = sorted({int(r["T"]) for r in mine})
-        won = [sum(r["solved"] for r in mine if int(r["T"]) == T) for T in lengths]
-        counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
-        line, = ax.plot(lengths, [w / n for w, n in zip(won, counts)], "o-",
-                        label=f"{method} {tag}".strip())
-        for T, w, n in zip(lengths, won, counts):  # solved/run beside each point, staggered
-            ax.annotate(f"{w}/{n}", (T, w / n), textcoords="offset points",
-                        xytext=(5, 6 - 9 * (i % 3)), fontsize=7, color=line.get_color())
-    ax.set_xscale("log")
+    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
+    styles = ["-", "--", ":", "-."]
+    ncols = min(4, max(1, len(problems)))
+    nrows = max(1, -(-len(problems) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + 1.8, 2.3 * nrows + 0.4),
+                             sharex=True, sharey=True, squeeze=False)
     ticks = sorted({int(r["T"]) for r in rows})
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("T (nominal sequence length)")
-    ax.set_ylabel("fraction of seeds solved")
-    ax.set_ylim(-0.08, 1.08)
-    ax.set_title("Long-term-dependency problems, problems pooled (labels: solved/run)",
-                 fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    handles = {}
+    for ax, problem in zip(axes.flat, problems):
+        for method, tag in groups:
+            mine = [r for r in rows if r["problem"] == problem and r["method"] == method
+                    and r.get("tag", "") == tag]
+            if not mine:
+                continue
+            lengths = sorted({int(r["T"]) for r in mine})
+            won = [sum(r["solved"] for r in mine if int(r["T"]) == T) for T in lengths]
+            counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
+            style = styles[[t for m, t in groups if m == method].index(tag) % len(styles)]
+            # Lines that agree would hide each other: each group sits a little apart.
+            lift = 0.03 * (groups.index((method, tag)) - (len(groups) - 1) / 2)
+            line, = ax.plot(lengths, [w / n + lift for w, n in zip(won, counts)], "o",
+                            linestyle=style, color=colours.get(method, "grey"), markersize=4)
+            handles[f"{method} {tag}".strip()] = line
+            for T, w, n in zip(lengths, won, counts):  # solved/run beside each point
+                ax.annotate(f"{w}/{n}", (T, w / n + lift), textcoords="offset points",
+                            xytext=(4, -2), fontsize=6, color=line.get_color())
+        ax.set_title(problem, fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_ylim(-0.15, 1.15)
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(problems):]:
+        ax.set_visible(False)
+    fig.supxlabel("T (nominal sequence length)", fontsize=8)
+    fig.supylabel("fraction of seeds solved", fontsize=8)
+    fig.suptitle("Long-term-dependency problems (labels: seeds solved/run; lines drawn slightly "
+                 "apart where they agree)", fontsize=9)
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
