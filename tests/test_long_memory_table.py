@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import cli, long_memory_table as table
+from experiments import cli, long_memory_report as report, long_memory_table as table
 
 
 def tiny(path, **kw):
@@ -39,7 +39,7 @@ def test_rows_are_appended_and_a_rerun_skips_them(tmp_path, monkeypatch):
     assert [json.loads(x)["tag"] for x in path.read_text().splitlines()] == ["", "other"]
     # The summary pools the seeds of a cell; it trains nothing.
     table.run(tiny(path, seeds=(1,)), None)
-    summary = table.summarize(table.cli.read_jsonl(str(path)))
+    summary = report.summarize(table.cli.read_jsonl(str(path)))
     assert "| temporal_order | 10 | adam_clip |  | " in summary and summary.count("\n") == 3
     assert table.run(dataclasses.replace(tiny(path), summary=True), None)["skipped"] == 3
     # The plot reads the rows and trains nothing.
@@ -94,7 +94,7 @@ def test_training_to_zero_errors_goes_on_past_the_first_solve(tmp_path):
     assert first["solved"] and zero["solved"] and "first_solved_updates" not in first
     assert zero["error_rate"] == 0.0 and zero["budget"]["stop_error_rate"] == 0.0
     assert zero["first_solved_updates"] == first["updates"] <= zero["updates"]
-    assert "trained to zero errors" in table.summarize([zero])
+    assert "trained to zero errors" in report.summarize([zero])
 
 
 def test_summary_names_the_machine_of_each_seed_when_they_differ():
@@ -102,8 +102,8 @@ def test_summary_names_the_machine_of_each_seed_when_they_differ():
                updates=5, train_seconds=1.0, budget={"max_minutes": 1.0}, seed=0,
                machine="AMD EPYC, 1 core(s) usable")
     other = dict(row, seed=1, machine="Intel(R) Xeon(R) Processor, 2 core(s) usable")
-    assert table.summarize([row]).endswith("| AMD EPYC ×1 |")
-    assert table.summarize([row, other]).endswith("| AMD EPYC ×1/Intel Xeon ×2 |")
+    assert report.summarize([row]).endswith("| AMD EPYC ×1 |")
+    assert report.summarize([row, other]).endswith("| AMD EPYC ×1/Intel Xeon ×2 |")
 
 
 @pytest.mark.parametrize("init", ["smart_tanh", "basic_tanh"])
@@ -126,8 +126,8 @@ def test_sgd_cr_starts_from_pascanus_initialisations(tmp_path, init):
         assert w.std() == pytest.approx(expected, rel=0.3)
     row = table.run(dataclasses.replace(config, methods=("sgd_cr",)), None)["rows"][0]
     assert row["budget"]["init"] == init
-    assert ("basic_tanh init" in table.summarize([row])) == (init == "basic_tanh")
-    assert f"Ω weight {config.omega:g}" in table.summarize([row])
+    assert ("basic_tanh init" in report.summarize([row])) == (init == "basic_tanh")
+    assert f"Ω weight {config.omega:g}" in report.summarize([row])
 
 
 def test_variable_length_training_is_its_own_row(tmp_path):
@@ -211,7 +211,7 @@ def test_overview_counts_each_seed_once_by_its_last_row():
                  budget={"init": "basic_tanh", "omega": 4.0}),
             dict(row(2, False, "w2"), problem="xor", method="sgd_cr",
                  budget={"init": "basic_tanh", "omega": 2.0})]
-    lines = table.overview(rows).splitlines()
+    lines = report.overview(rows).splitlines()
     assert lines[0] == "| method | T | addition | xor |"
     assert lines[2:] == ["| hf_sd | 100 | 2/2 |  |", "| hf_sd | 50–100 | 0/1 |  |",
                          "| sgd_cr | 100 |  | 0/1 |", "| sgd_cr (basic_tanh) | 100 |  | 1/1 |",
@@ -237,7 +237,7 @@ def test_a_network_that_loses_its_solve_is_reported_and_kept_at_its_best(tmp_pat
     (row,) = table.run(config, str(tmp_path / "w"))["rows"]
     assert row["solved"] and row["error_rate"] == 0.004 and row["updates"] == 3
     assert row["best_updates"] == 1 and row["last_error_rate"] == 0.6
-    assert "0.4 (last 60.0)" in table.summarize([row])
+    assert "0.4 (last 60.0)" in report.summarize([row])
     (kept,) = (tmp_path / "w" / "networks").iterdir()
     task = table.synthetic.get("temporal_order")
     _, params, _ = table.build(method, task, config, table.jax.random.key(0))
@@ -267,7 +267,7 @@ def test_the_zero_error_rule_on_variable_lengths_also_tests_the_training_lengths
     assert row["updates"] == 3 and row["solved"] and row["error_rate"] == 0.0
     assert row["train_lengths_error_rate"] == pytest.approx(0.2)  # 0.3 at 10 and 11, 0 at 12
     assert {(10, 34), (11, 34), (12, 34)} <= set(asked)
-    line = table.summarize([row]).splitlines()[-1]
+    line = report.summarize([row]).splitlines()[-1]
     assert "training lengths: 20.0%" in line and "across the training lengths" in line
 
 
@@ -276,7 +276,7 @@ def test_the_summary_pools_seeds_scored_at_different_lengths():
                                      tag="t", solved=True, error_rate=0.0, updates=10,
                                      train_seconds=1.0, generalization=general,
                                      budget=dict(max_minutes=5.0, omega=4.0))
-    line = table.summarize([row(0, {"300": 0.1, "1000": 0.5}), row(1, {"250": 0.0, "1000": 0.25})])
+    line = report.summarize([row(0, {"300": 0.1, "1000": 0.5}), row(1, {"250": 0.0, "1000": 0.25})])
     assert "T=250: –/0.0%; T=300: 10.0%/–; T=1000: 50.0%/25.0%" in line
 
 
