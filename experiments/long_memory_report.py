@@ -16,6 +16,7 @@ import numpy as np
 
 from rnnjax.data import synthetic
 
+# The table's methods (experiments.long_memory_table), in the order the reports show them.
 METHODS = ("hf_sd", "hf", "sgd_cr", "adam_clip", "lstm_adam")
 
 
