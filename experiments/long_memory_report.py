@@ -20,6 +20,18 @@ from rnnjax.data import synthetic
 METHODS = ("hf_sd", "hf", "sgd_cr", "adam_clip", "lstm_adam")
 
 
+def _method_rank(method: str) -> int:
+    """Where a method comes in the reports: METHODS' order, any other method last."""
+    return METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def _problem_order(problems) -> list[str]:
+    """The papers' problems in their order, then any others alphabetically."""
+    papers = synthetic.PAPER_TASKS
+    return sorted(set(problems),
+                  key=lambda p: (papers.index(p) if p in papers else len(papers), p))
+
+
 def _cell_of(row: dict) -> tuple:
     """A row's cell: problem, T, method, tag and the shortest training length."""
     lowest = row.get("train_lengths", [None])[0]
@@ -72,8 +84,7 @@ def summarize(rows: list[dict]) -> str:
     cells: dict[tuple, list[dict]] = {}
     for row in rows:
         cells.setdefault(_cell_of(row), []).append(row)
-    order = lambda c: (c[0], c[1], METHODS.index(c[2]) if c[2] in METHODS else 99, c[3],
-                       c[4] or 0)
+    order = lambda c: (c[0], c[1], _method_rank(c[2]), c[3], c[4] or 0)
     lines = ["| problem | T | method | tag | solved | % wrong per seed | updates (median, "
              "solved) | train s (median, solved) | generalisation | budget per program | "
              "machine |",
@@ -117,12 +128,11 @@ def overview(rows: list[dict]) -> str:
             variant.append(f"Ω {budget['omega']:g}")
         method = r["method"] + (f" ({', '.join(variant)})" if variant else "")
         last[(method, int(r["T"]), lengths, r["problem"], int(r["seed"]))] = r
-    problems = [p for p in synthetic.PAPER_TASKS if any(k[3] == p for k in last)]
-    problems += sorted({k[3] for k in last} - set(problems))
+    problems = _problem_order(k[3] for k in last)
     lines = ["| method | T | " + " | ".join(problems) + " |",
              "|---|---|" + "---|" * len(problems)]
-    rank = lambda m: METHODS.index(m.split()[0]) if m.split()[0] in METHODS else 99
-    for method, T, lengths in sorted({k[:3] for k in last}, key=lambda k: (rank(k[0]), *k)):
+    for method, T, lengths in sorted({k[:3] for k in last},
+                                     key=lambda k: (_method_rank(k[0].split()[0]), *k)):
         cells = []
         for p in problems:
             mine = [r for k, r in last.items() if k[:4] == (method, T, lengths, p)]
@@ -141,10 +151,9 @@ def plot_success(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if len(set(r.get("train_lengths", [r["T"]]))) == 1]
-    problems = sorted({r["problem"] for r in rows}, key=lambda p: (
-        synthetic.PAPER_TASKS.index(p) if p in synthetic.PAPER_TASKS else 99, p))
+    problems = _problem_order(r["problem"] for r in rows)
     groups = sorted({(r["method"], r.get("tag", "")) for r in rows},
-                    key=lambda g: (METHODS.index(g[0]) if g[0] in METHODS else 99, g[1]))
+                    key=lambda g: (_method_rank(g[0]), g[1]))
     colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
     styles = ["-", "--", ":", "-."]
     ncols = min(4, max(1, len(problems)))
