@@ -155,7 +155,7 @@ def plot_success(rows: list[dict], path: str) -> None:
     groups = sorted({(r["method"], r.get("tag", "")) for r in rows},
                     key=lambda g: (_method_rank(g[0]), g[1]))
     colours = dict(zip(METHODS, plt.get_cmap("tab10").colors))
-    styles = ["-", "--", ":", "-."]
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]  # a tag of one point: its marker
     ncols = min(4, max(1, len(problems)))
     nrows = max(1, -(-len(problems) // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + 1.8, 2.3 * nrows + 0.4),
@@ -171,11 +171,12 @@ def plot_success(rows: list[dict], path: str) -> None:
             lengths = sorted({int(r["T"]) for r in mine})
             won = [sum(r["solved"] for r in mine if int(r["T"]) == T) for T in lengths]
             counts = [sum(int(r["T"]) == T for r in mine) for T in lengths]
-            style = styles[[t for m, t in groups if m == method].index(tag) % len(styles)]
+            nth = [t for m, t in groups if m == method].index(tag)
             # Lines that agree would hide each other: each group sits a little apart.
             lift = 0.03 * (groups.index((method, tag)) - (len(groups) - 1) / 2)
-            line, = ax.plot(lengths, [w / n + lift for w, n in zip(won, counts)], "o",
-                            linestyle=style, color=colours.get(method, "grey"), markersize=4)
+            line, = ax.plot(lengths, [w / n + lift for w, n in zip(won, counts)],
+                            marker=markers[nth % len(markers)], linestyle=styles[nth % len(styles)],
+                            color=colours.get(method, "grey"), markersize=4)
             handles[f"{method} {tag}".strip()] = line
             for T, w, n in zip(lengths, won, counts):  # solved/run beside each point
                 ax.annotate(f"{w}/{n}", (T, w / n + lift), textcoords="offset points",
@@ -194,7 +195,8 @@ def plot_success(rows: list[dict], path: str) -> None:
     fig.suptitle("Long-term-dependency problems (labels: seeds solved/run; lines drawn slightly "
                  "apart where they agree)", fontsize=9)
     fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center right")
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    legend_width = 0.5 + 0.06 * max(map(len, handles), default=20)  # inches, at fontsize 7
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
