@@ -19,8 +19,11 @@ source bench/device_env.sh
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== tests on $( $PY -c 'import jax; print(jax.default_backend())' )" | tee "$OUT/tests.txt"
-timeout 220 $PY -m pytest -q -n 8 -rfE -p no:benchmark --durations=10 \
-  --junitxml="$OUT/junit.xml" tests 2>&1 | tee -a "$OUT/tests.txt"
+# -v: each test's verdict as it ends, so a suite cut short by the time limit still
+# names its failures (pytest's own summary comes only at the end)
+timeout 220 $PY -m pytest -v -n 12 -rfE -p no:benchmark -p no:cacheprovider --durations=10 \
+  --junitxml="$OUT/junit.xml" tests > "$OUT/tests_verbose.txt" 2>&1
+grep -E "(FAILED|ERROR) |passed|failed" "$OUT/tests_verbose.txt" | tail -n 40 | tee -a "$OUT/tests.txt"
 
 timeout 110 $PY -m bench.lm_step --frameworks=torch,flax,rnnjax_scan,rnnjax,rnnjax_vjp \
   --rounds=5 --steps=5 --warmup=2 2>&1 | tee "$OUT/bench.txt"
