@@ -36,12 +36,11 @@ as their validation does, and the row adds ``train_lengths_error_rate``. ``--gen
 also scores a solved model at longer lengths (``generalization``; split by the answer's
 class in ``generalization_by_class`` for the problems answered once, with few classes).
 
-With ``--vmap_seeds`` the first-order methods train the seeds of a cell together,
-one vmapped program (a solved network stops updating, the others go on), so their
-budget is the program's: each row's ``train_seconds`` is the program's time when
-that seed was solved, and ``seeds_in_program`` says how many shared it. (On a
-2-core CPU that was slower than one seed at a time, which is the default:
-``docs/results.md``.)
+With ``--vmap_seeds`` the seeds of a cell train together, one vmapped program (a
+solved network stops updating, the others go on), so their budget is the program's:
+each row's ``train_seconds`` is the program's time when that seed was solved, and
+``seeds_in_program`` says how many shared it. (On a 2-core CPU that was slower than
+one seed at a time, which is the default: ``docs/results.md``.)
 With ``--workdir`` a program's state is checkpointed as it trains (a rerun resumes it)
 and its trained networks are kept in ``workdir/networks/<program>/`` (an orbax
 checkpoint; a first-order program stacks its seeds' parameters on a leading axis):
@@ -113,7 +112,7 @@ class Config:
     tag: str = cli.field("", "A label kept in each row and in the resume key (a different "
                          "budget or protocol gets its own rows).")
     max_minutes: float = cli.field(60.0, "Training-time budget per program (minutes): per "
-                                   "row for HF, per cell of vmapped seeds otherwise.",
+                                   "row, or per cell with --vmap_seeds.",
                                    check=cli.positive)
     max_updates: int = cli.field(100_000, "Update budget per row.", check=cli.positive)
     eval_every: int = cli.field(20, "Check the error rate every N updates of the first-order "
@@ -158,9 +157,9 @@ class Config:
         check=cli.positive)
     progress: bool = cli.field(True, "Show a progress bar for each program (its training-time "
                                "budget, updates and error rates).")
-    vmap_seeds: bool = cli.field(False, "Train the seeds of a first-order cell together in one "
-                                 "vmapped program (each stops updating once solved); on a "
-                                 "2-core CPU it was 0.57-1.0x as fast as one by one.")
+    vmap_seeds: bool = cli.field(False, "Train the seeds of a cell together in one vmapped "
+                                 "program (each stops updating once solved); on a 2-core "
+                                 "CPU it was 0.57-1.0x as fast as one by one.")
     test_sequences: int = cli.field(synthetic.NUM_TEST_SEQUENCES, "Fresh sequences of the "
                                     "success test.", check=cli.positive)
     stop_error_rate: float = cli.field(
@@ -727,114 +726,149 @@ def _check_keys(test_keys: jax.Array) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(test_keys)
 
 
-def run_hf(problem: str, T: int, method: str, seed: int, config: Config,
-           workdir: str | None = None) -> tuple[dict, _Saver]:
-    """Train one network with Hessian-free until solved or out of budget; its row and
-    the program's :class:`_Saver`."""
+def _masked(step_fn):
+    """``step(state, batch, active)``: ``step_fn``'s update where ``active``, else the
+    state as it was (a solved network of a vmapped program stops updating)."""
+
+    def step(state, batch, active):
+        new, metrics = step_fn(state, batch)
+        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(active, a, b), n, o)
+        return new._replace(step=keep(new.step, state.step), params=keep(new.params, state.params),
+                            opt_state=keep(new.opt_state, state.opt_state)), metrics
+    return step
+
+
+def run_hf(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Config,
+           workdir: str | None = None) -> tuple[list[dict], _Saver]:
+    """Train one network per seed with Hessian-free, all in one vmapped program (one
+    seed unless ``--vmap_seeds``), each until solved or the program's budget is spent (a
+    solved network stops updating); a row per seed and the program's :class:`_Saver`."""
     task = synthetic.get(problem)
-    init_key, data_key, test_key = (_keys((seed,), i)[0] for i in range(3))
-    _, params, net = build(method, task, config, init_key)
+    init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
     protocol = hf_protocol(method, config)
-    state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
-    lengths = Lengths(task, T, config.min_train_length, seed)  # padded to T: one HF program
+    states, step_fn = [], None
+    for i, seed in enumerate(seeds):
+        _, params, net = build(method, task, config, init_keys[i])
+        state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
+        states.append(state)
+    states = sweep.stack(states)
+    lengths = Lengths(task, T, config.min_train_length, seeds[0])  # padded to T: one program
     draws = {n: _batches(task, n, lengths.steps)
              for n in {protocol.gradient_batch, protocol.curvature_batch}}
-    keys = jax.random.split(data_key, 3)[:, None]  # gradient, curvature, scoring streams
+    streams = jax.vmap(lambda k: jax.random.split(k, 3))(data_keys)  # gradient, curvature, scoring
 
     def batch_fn(update):
         L = lengths(update)
-        one = lambda n, i: jax.tree.map(lambda x: x[0], draws[n](keys[i], update, L))
-        grad, curv = one(protocol.gradient_batch, 0), one(protocol.curvature_batch, 1)
+        grad = draws[protocol.gradient_batch](streams[:, 0], update, L)
+        curv = draws[protocol.curvature_batch](streams[:, 1], update, L)
         if config.hf_score_on == "gradient":
             return grad, curv, grad
-        return grad, curv, one(protocol.curvature_batch, 2)
+        return grad, curv, draws[protocol.curvature_batch](streams[:, 2], update, L)
 
+    n = len(seeds)
     t0 = time.perf_counter()
-    for n, draw in draws.items():
-        lengths.warm_up(draw, keys[0])
-    step_fn = jax.jit(step_fn).lower(state, batch_fn(0)).compile()
+    for draw in draws.values():
+        lengths.warm_up(draw, streams[:, 0])
+    step = jax.jit(jax.vmap(_masked(step_fn))).lower(
+        states, batch_fn(0), jnp.ones(n, bool)).compile()
     compile_seconds = time.perf_counter() - t0
     predict = _predictor(net)
-    tests = test_key[None]
-
-    stacked = lambda params: jax.tree.map(lambda x: x[None], params)  # as one of n networks
-
     eval_every = max(1, config.eval_every // 20)
-    progress, saver = _program(problem, T, method, (seed,), config, workdir)
-    train_time, updates, rate, loss = 0.0, 0, float("nan"), float("nan")
-    solved_at = 0  # updates when first solved (0: not yet)
+    progress, saver = _program(problem, T, method, seeds, config, workdir)
 
     def snapshot():
-        return dict(states=state, rates=np.array([rate]), loss=np.array([loss]),
-                    clock=np.array([updates, train_time, solved_at]), **best.state())
+        return dict(states=states, active=active.astype(np.int8), done_at=done_at,
+                    solved_at=solved_at, seconds=seconds, rates=rates, loss=loss,
+                    clock=np.array([updates, train_time]), **best.state())
 
-    best = _Best(stacked(state.params))
-    saved = saver.restore(snapshot(), added=_Best.KEYS)
+    best = _Best(states.params)
+    active = np.ones(n, bool)
+    done_at = np.zeros(n, np.int64)     # updates when stopped (or at the end)
+    solved_at = np.zeros(n, np.int64)   # updates when first solved (0: not yet)
+    seconds = np.zeros(n)
+    rates, loss = np.full(n, np.nan), np.full(n, np.nan)
+    train_time, updates = 0.0, 0
+    try:
+        saved = saver.restore(snapshot())
+    except ValueError:  # HF programs saved one seed's unstacked state before they vmapped
+        raise cli.ConfigError("workdir", saver.path, "a program state of an earlier version "
+                              "of the table, which this one cannot resume: move it away "
+                              "to start the program afresh") from None
     if saved is not None:
-        state, rate, loss = saved["states"], float(saved["rates"][0]), float(saved["loss"][0])
+        states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
+        solved_at = saved["solved_at"]
         best.load(saved)
+        active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
         updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
-        solved_at = int(saved["clock"][2])
-    while updates < config.max_updates and train_time < 60 * config.max_minutes:
+    while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
+        mask = jnp.asarray(active)
         until = _until_check(updates, eval_every, config)
         for _ in range(min(until, config.max_updates - updates)):
-            state, metrics = step_fn(state, batch_fn(updates))
+            states, metrics = step(states, batch_fn(updates), mask)
             updates += 1
-        loss = float(metrics["loss"])
+        loss = np.where(active, np.asarray(metrics["loss"]), loss)
         train_time += time.perf_counter() - t0
-        rate = float(_error_rates(task, predict, stacked(state.params), _check_keys(tests), T,
-                                  1000)[0])
-        if synthetic.solved(rate):
-            parts = _test(task, predict, stacked(state.params), tests, T, config,
+        done_at[active], seconds[active] = updates, train_time
+        quick = _error_rates(task, predict, states.params, _check_keys(test_keys), T, 1000)
+        rates = np.where(active, quick, rates)
+        for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
+            sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
+            parts = _test(task, predict, sub, test_keys[i:i + 1], T, config,
                           config.test_sequences)[0]
-            rate = float(_full(parts))
-            best.saw(0, parts, updates, stacked(state.params))
-            if synthetic.solved(rate) and not solved_at:
-                solved_at = updates
+            rates[i] = _full(parts)
+            best.saw(i, parts, updates, states.params)
+            if synthetic.solved(float(rates[i])) and not solved_at[i]:
+                solved_at[i] = updates
+            active[i] = not _done(float(rates[i]), config)
         # the current λ and the last ρ say whether HF still takes real steps (a λ that
         # only grows is stuck)
-        progress(train_time, updates, rate,
-                 f", λ {float(state.opt_state.damping):.3g}, ρ {float(metrics['rho']):.2f}")
-        if _done(rate, config):
-            break
+        damping = np.asarray(states.opt_state.damping)
+        progress(train_time, updates, rates,
+                 ", λ " + "/".join(f"{d:.3g}" for d in damping)
+                 + ", ρ " + "/".join(f"{r:.2f}" for r in np.asarray(metrics["rho"])))
         saver(snapshot(), train_time)
     progress.close()
-    kept = best.kept(stacked(state.params))
+    kept = best.kept(states.params)
     saver.keep(kept)
-    last, rate = rate, float(best.rates(np.array([rate]))[0])
-    solved = synthetic.solved(rate)
-    hs = state.opt_state
-    row = _row(problem, T, method, seed, config, solved_at, solved=solved, error_rate=rate,
-               updates=updates, train_seconds=round(train_time, 1),
-               compile_seconds=round(compile_seconds, 1), final_loss=loss,
-               grad_evals=int(hs.grad_evals), curvature_products=int(hs.curvature_products),
-               loss_evals=int(hs.loss_evals),
-               final_damping=float(hs.damping),
-               budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
-                           stop_error_rate=config.stop_error_rate,
-                           gradient_batch=protocol.gradient_batch,
-                           curvature_batch=protocol.curvature_batch,
-                           cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
-                           score_on=config.hf_score_on, hidden=config.hidden,
-                           input_scale=protocol.input_scale), **best.fields(0, updates, last))
-    if best.tested[0] and np.isfinite(best.across[0]):
-        row["train_lengths_error_rate"] = float(best.across[0])
-    if solved and config.generalize_to:
-        row.update(_generalization(task, predict, kept, tests, config)[0])
-    return row, saver
+    last_rates, rates = rates, best.rates(rates)
+    solved = np.array([synthetic.solved(float(r)) for r in rates])
+    general = (_generalization(task, predict, kept, test_keys, config)
+               if config.generalize_to and solved.any() else None)
+    hs = jax.tree.map(np.asarray, states.opt_state)
+    rows = []
+    for i, seed in enumerate(seeds):
+        row = _row(problem, T, method, seed, config, solved_at[i], solved=bool(solved[i]),
+                   error_rate=float(rates[i]), updates=int(done_at[i]),
+                   train_seconds=round(float(seconds[i]), 1),
+                   compile_seconds=round(compile_seconds, 1), final_loss=float(loss[i]),
+                   grad_evals=int(hs.grad_evals[i]),
+                   curvature_products=int(hs.curvature_products[i]),
+                   loss_evals=int(hs.loss_evals[i]), final_damping=float(hs.damping[i]),
+                   seeds_in_program=n,
+                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                               stop_error_rate=config.stop_error_rate,
+                               gradient_batch=protocol.gradient_batch,
+                               curvature_batch=protocol.curvature_batch,
+                               cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
+                               score_on=config.hf_score_on, hidden=config.hidden,
+                               input_scale=protocol.input_scale))
+        row.update(best.fields(i, done_at[i], last_rates[i]))
+        if best.tested[i] and np.isfinite(best.across[i]):
+            row["train_lengths_error_rate"] = float(best.across[i])
+        if general is not None and solved[i]:
+            row.update(general[i])
+        rows.append(row)
+    return rows, saver
 
 
 def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Config,
-             workdir: str | None = None):
-    """Yield ``(rows, saver)`` per program for ``seeds`` in one cell of the table (HF:
-    one program per seed; first-order methods: the seeds in one vmapped program)."""
+             workdir: str | None = None) -> tuple[list[dict], _Saver]:
+    """``(rows, saver)`` of the program that trains ``seeds`` (one vmapped program) in
+    one cell of the table."""
     if method in ("hf", "hf_sd"):
-        for seed in seeds:
-            row, saver = run_hf(problem, T, method, seed, config, workdir)
-            yield [row], saver
-    else:
-        yield run_first_order(problem, T, method, seeds, config, workdir)
+        return run_hf(problem, T, method, seeds, config, workdir)
+    return run_first_order(problem, T, method, seeds, config, workdir)
 
 
 def run(config: Config, workdir: str | None = None, report=None) -> dict:
@@ -879,16 +913,16 @@ def run(config: Config, workdir: str | None = None, report=None) -> dict:
                 cell = (problem, T, method, config.tag, config.min_train_length)
                 todo = [s for s in config.seeds if (*cell, s) not in done]
                 skipped += len(config.seeds) - len(todo)
-                together = config.vmap_seeds and method not in ("hf", "hf_sd")
-                for group in ([tuple(todo)] if together and todo else [(s,) for s in todo]):
-                    for rows, saver in run_cell(problem, T, method, group, config, workdir):
-                        for row in rows:
-                            cli.append_jsonl(config.results, row)
-                            print(json.dumps(row), flush=True)
-                            new.append(row)
-                            if report is not None:
-                                report(row)
-                        saver.finish()  # the rows are kept: the program's state is not needed
+                for group in ([tuple(todo)] if config.vmap_seeds and todo
+                              else [(s,) for s in todo]):
+                    rows, saver = run_cell(problem, T, method, group, config, workdir)
+                    for row in rows:
+                        cli.append_jsonl(config.results, row)
+                        print(json.dumps(row), flush=True)
+                        new.append(row)
+                        if report is not None:
+                            report(row)
+                    saver.finish()  # the rows are kept: the program's state is not needed
     results = {"rows": new, "skipped": skipped}
     if workdir:
         checkpoint.save_json(workdir, "results", results)

@@ -70,9 +70,11 @@ def test_bad_settings_fail_before_any_work(tmp_path, field, value, message):
     assert not (tmp_path / "t.jsonl").exists()
 
 
-def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path):
+@pytest.mark.parametrize("method", ["adam_clip", "hf_sd"])
+def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path, method):
     """Two seeds trained together give each seed's row of a run on its own."""
-    config = tiny(tmp_path / "a.jsonl", seeds=(0, 1), max_updates=3, vmap_seeds=True)
+    config = tiny(tmp_path / "a.jsonl", seeds=(0, 1), max_updates=3, vmap_seeds=True,
+                  methods=(method,), hf_gradient_batch=40, hf_curvature_batch=20, cg_iters=3)
     together = table.run(config, None)["rows"]
     alone = table.run(dataclasses.replace(config, results=str(tmp_path / "b.jsonl"),
                                           vmap_seeds=False), None)["rows"]
@@ -82,6 +84,7 @@ def test_seeds_vmapped_in_one_program_match_seeds_run_alone(tmp_path):
         assert (a["seed"], a["updates"], a["solved"]) == (b["seed"], b["updates"], b["solved"])
         np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-5)
         assert a["error_rate"] == pytest.approx(b["error_rate"], abs=0.02)
+        assert a["curvature_products"] == b["curvature_products"]  # HF's CG: the same solves
     assert together[0]["final_loss"] != together[1]["final_loss"]  # seeds differ
 
 
