@@ -343,3 +343,18 @@ def test_a_solved_row_scores_longer_lengths_and_splits_them_by_class(tmp_path, m
         by_class = [r for r in row["generalization_by_class"][L] if r is not None]
         assert len(row["generalization_by_class"][L]) == 4 and len(by_class) >= 3
         assert min(by_class) <= rate <= max(by_class)
+
+
+def test_an_hf_program_state_of_the_one_seed_layout_gets_a_one_line_error(tmp_path):
+    """HF programs once saved one seed's unstacked state; such a state is not resumed,
+    and is left where it is."""
+    config = tiny(tmp_path / "h.jsonl", methods=("hf",), hf_gradient_batch=40,
+                  hf_curvature_batch=20, cg_iters=3)
+    name = "temporal_order-T10-hf-seeds0--minNone"  # the name the program saves under
+    old = dict(states=np.arange(3.0), rates=np.array([0.5]), loss=np.array([0.1]),
+               clock=np.array([7, 1.5, 0]))
+    table._Saver(str(tmp_path / "w"), name, config)(old, train_time=1e9)  # saved at once
+    with pytest.raises(cli.ConfigError, match="earlier version"):
+        table.run(config, str(tmp_path / "w"))
+    assert (tmp_path / "w" / "programs" / name).is_dir()
+    assert not (tmp_path / "h.jsonl").exists()
