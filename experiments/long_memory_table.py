@@ -599,39 +599,49 @@ def _generalization(task, predict, params, keys, config: Config) -> list[dict[st
     return fields
 
 
-def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
-                    config: Config, workdir: str | None = None) -> tuple[list[dict], _Saver]:
-    """Train one network per seed, all in one vmapped program, each until solved or
-    the program's budget is spent (a solved network stops updating); a row per seed,
-    and the program's :class:`_Saver` (remove its state once the rows are kept)."""
-    task = synthetic.get(problem)
-    init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
-    model, _, net = build(method, task, config, init_keys[0])
-    opt, one_step = _first_order_step(method, task, model, net, config)
-    states = sweep.stack([train.init_state(model.init(init_keys[i]), opt, seed=s)
-                          for i, s in enumerate(seeds)])
+def _masked(step_fn):
+    """``step(state, batch, active)``: ``step_fn``'s update where ``active``, else the
+    state as it was (a solved network of a vmapped program stops updating)."""
 
-    def masked_step(state, batch, active):  # a solved network keeps its params
-        new, metrics = one_step(state, batch)
+    def step(state, batch, active):
+        new, metrics = step_fn(state, batch)
         keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(active, a, b), n, o)
         return new._replace(step=keep(new.step, state.step), params=keep(new.params, state.params),
                             opt_state=keep(new.opt_state, state.opt_state)), metrics
+    return step
 
-    lengths = Lengths(task, T, config.min_train_length, seeds[0], bucket=LENGTH_BUCKET)
-    buckets = lengths.buckets()
-    batches = {s: _batches(task, config.first_order_batch, s) for s in buckets}
-    draw = lambda keys, update, L: batches[lengths.padded(L)](keys, update, L)
-    t0 = time.perf_counter()
-    lengths.warm_up(draw, data_keys)
-    vstep = jax.jit(jax.vmap(masked_step))
-    steps = {s: vstep.lower(states, draw(data_keys, 0, L), jnp.ones(len(seeds), bool)).compile()
-             for s, L in buckets.items()}
-    step = lambda states, batch, mask: steps[batch.mask.shape[1]](states, batch, mask)
-    compile_seconds = time.perf_counter() - t0
-    predict = _predictor(net)
 
-    n = len(seeds)
-    progress, saver = _program(problem, T, method, seeds, config, workdir)
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """What :func:`_train_program` needs to know of one program beside its states and
+    step: the cell and seeds, the task, ``predict`` (:func:`_predictor`), the test
+    keys, the updates between checks, ``fields(states, i, updates)`` (the method's own
+    row fields of network ``i``, its ``budget`` entries among them) and ``note(states,
+    metrics)`` (added to the progress bar)."""
+
+    problem: str
+    T: int
+    method: str
+    seeds: tuple[int, ...]
+    task: synthetic.Task
+    predict: Any
+    test_keys: jax.Array
+    compile_seconds: float
+    eval_every: int
+    fields: Any
+    note: Any = lambda states, metrics: ""
+
+
+def _train_program(p: _Program, states, step, batch_fn, config: Config,
+                   workdir: str | None) -> tuple[list[dict], _Saver]:
+    """Train the networks ``states`` (leaves ``[n, ...]``, one per seed) with
+    ``step(states, batch_fn(update), active)`` until each is solved or the program's
+    budget is spent (a solved network stops updating), checking every ``p.eval_every``
+    updates (see :func:`_until_check`) and saving the program's state as it goes; a
+    row per seed and the program's :class:`_Saver` (remove its state once the rows
+    are kept)."""
+    task, T, n = p.task, p.T, len(p.seeds)
+    progress, saver = _program(p.problem, T, p.method, p.seeds, config, workdir)
 
     def snapshot():
         return dict(states=states, active=active.astype(np.int8), done_at=done_at,
@@ -645,7 +655,12 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     seconds = np.zeros(n)
     rates, loss = np.full(n, np.nan), np.full(n, np.nan)
     train_time, updates = 0.0, 0
-    saved = saver.restore(snapshot(), added=_Best.KEYS)
+    try:
+        saved = saver.restore(snapshot(), added=_Best.KEYS)
+    except ValueError:  # e.g. HF's programs once saved one seed's unstacked state
+        raise cli.ConfigError("workdir", saver.path, "a program state of an earlier version "
+                              "of the table, which this one cannot resume: move it away "
+                              "to start the program afresh") from None
     if saved is not None:
         states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
         solved_at = saved["solved_at"]
@@ -655,48 +670,43 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
     while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
         t0 = time.perf_counter()
         mask = jnp.asarray(active)
-        until = _until_check(updates, config.eval_every, config)
+        until = _until_check(updates, p.eval_every, config)
         for _ in range(min(until, config.max_updates - updates)):
-            states, metrics = step(states, draw(data_keys, updates, lengths(updates)), mask)
+            states, metrics = step(states, batch_fn(updates), mask)
             updates += 1
         loss = np.where(active, np.asarray(metrics["loss"]), loss)
         train_time += time.perf_counter() - t0
         done_at[active], seconds[active] = updates, train_time
-        quick = _error_rates(task, predict, states.params, _check_keys(test_keys), T, 1000)
+        quick = _error_rates(task, p.predict, states.params, _check_keys(p.test_keys), T, 1000)
         rates = np.where(active, quick, rates)
         for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
             sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
-            parts = _test(task, predict, sub, test_keys[i:i + 1], T, config,
+            parts = _test(task, p.predict, sub, p.test_keys[i:i + 1], T, config,
                           config.test_sequences)[0]
             rates[i] = _full(parts)
             best.saw(i, parts, updates, states.params)
             if synthetic.solved(float(rates[i])) and not solved_at[i]:
                 solved_at[i] = updates
             active[i] = not _done(float(rates[i]), config)
-        progress(train_time, updates, rates)
+        progress(train_time, updates, rates, p.note(states, metrics))
         saver(snapshot(), train_time)
     progress.close()
     kept = best.kept(states.params)
     saver.keep(kept)
-    last_rates = rates
-    rates = best.rates(rates)
+    last_rates, rates = rates, best.rates(rates)
     solved = np.array([synthetic.solved(float(r)) for r in rates])
-    general = (_generalization(task, predict, kept, test_keys, config)
+    general = (_generalization(task, p.predict, kept, p.test_keys, config)
                if config.generalize_to and solved.any() else None)
     rows = []
-    for i, seed in enumerate(seeds):
-        row = _row(problem, T, method, seed, config, solved_at[i], solved=bool(solved[i]),
+    for i, seed in enumerate(p.seeds):
+        own = p.fields(states, i, int(done_at[i]))
+        budget = dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
+                      stop_error_rate=config.stop_error_rate, **own.pop("budget"))
+        row = _row(p.problem, T, p.method, seed, config, solved_at[i], solved=bool(solved[i]),
                    error_rate=float(rates[i]), updates=int(done_at[i]),
                    train_seconds=round(float(seconds[i]), 1),
-                   compile_seconds=round(compile_seconds, 1), final_loss=float(loss[i]),
-                   grad_evals=int(done_at[i]), curvature_products=0, loss_evals=0,
-                   seeds_in_program=n,
-                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
-                               stop_error_rate=config.stop_error_rate,
-                               batch=config.first_order_batch,
-                               hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
-                               omega=config.omega if method == "sgd_cr" else 0.0,
-                               **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
+                   compile_seconds=round(p.compile_seconds, 1), final_loss=float(loss[i]),
+                   **own, seeds_in_program=n, budget=budget)
         row.update(best.fields(i, done_at[i], last_rates[i]))
         if best.tested[i] and np.isfinite(best.across[i]):
             row["train_lengths_error_rate"] = float(best.across[i])
@@ -704,6 +714,42 @@ def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
             row.update(general[i])
         rows.append(row)
     return rows, saver
+
+
+def run_first_order(problem: str, T: int, method: str, seeds: tuple[int, ...],
+                    config: Config, workdir: str | None = None) -> tuple[list[dict], _Saver]:
+    """Train one network per seed, all in one vmapped program, each until solved or
+    the program's budget is spent (a solved network stops updating); a row per seed,
+    and the program's :class:`_Saver` (remove its state once the rows are kept)."""
+    task = synthetic.get(problem)
+    init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
+    model, _, net = build(method, task, config, init_keys[0])
+    opt, one_step = _first_order_step(method, task, model, net, config)
+    states = sweep.stack([train.init_state(model.init(init_keys[i]), opt, seed=s)
+                          for i, s in enumerate(seeds)])
+    lengths = Lengths(task, T, config.min_train_length, seeds[0], bucket=LENGTH_BUCKET)
+    buckets = lengths.buckets()
+    batches = {s: _batches(task, config.first_order_batch, s) for s in buckets}
+    draw = lambda keys, update, L: batches[lengths.padded(L)](keys, update, L)
+    t0 = time.perf_counter()
+    lengths.warm_up(draw, data_keys)
+    vstep = jax.jit(jax.vmap(_masked(one_step)))
+    steps = {s: vstep.lower(states, draw(data_keys, 0, L), jnp.ones(len(seeds), bool)).compile()
+             for s, L in buckets.items()}
+    compile_seconds = time.perf_counter() - t0
+
+    def fields(states, i: int, updates: int) -> dict:
+        return dict(grad_evals=updates, curvature_products=0, loss_evals=0,
+                    budget=dict(batch=config.first_order_batch,
+                                hidden=config.sgd_cr_hidden if method == "sgd_cr" else config.hidden,
+                                omega=config.omega if method == "sgd_cr" else 0.0,
+                                **({"init": config.sgd_cr_init} if method == "sgd_cr" else {})))
+
+    return _train_program(
+        _Program(problem, T, method, seeds, task, _predictor(net), test_keys, compile_seconds,
+                 config.eval_every, fields),
+        states, lambda states, batch, mask: steps[batch.mask.shape[1]](states, batch, mask),
+        lambda update: draw(data_keys, update, lengths(update)), config, workdir)
 
 
 def _done(rate: float, config: Config) -> bool:
@@ -724,18 +770,6 @@ def _until_check(updates: int, every: int, config: Config) -> int:
 def _check_keys(test_keys: jax.Array) -> jax.Array:
     """The periodic 1,000-sequence checks draw from their own stream of the test keys."""
     return jax.vmap(lambda k: jax.random.fold_in(k, 10**6))(test_keys)
-
-
-def _masked(step_fn):
-    """``step(state, batch, active)``: ``step_fn``'s update where ``active``, else the
-    state as it was (a solved network of a vmapped program stops updating)."""
-
-    def step(state, batch, active):
-        new, metrics = step_fn(state, batch)
-        keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(active, a, b), n, o)
-        return new._replace(step=keep(new.step, state.step), params=keep(new.params, state.params),
-                            opt_state=keep(new.opt_state, state.opt_state)), metrics
-    return step
 
 
 def run_hf(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Config,
@@ -765,101 +799,33 @@ def run_hf(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Co
             return grad, curv, grad
         return grad, curv, draws[protocol.curvature_batch](streams[:, 2], update, L)
 
-    n = len(seeds)
     t0 = time.perf_counter()
     for draw in draws.values():
         lengths.warm_up(draw, streams[:, 0])
     step = jax.jit(jax.vmap(_masked(step_fn))).lower(
-        states, batch_fn(0), jnp.ones(n, bool)).compile()
+        states, batch_fn(0), jnp.ones(len(seeds), bool)).compile()
     compile_seconds = time.perf_counter() - t0
-    predict = _predictor(net)
-    eval_every = max(1, config.eval_every // 20)
-    progress, saver = _program(problem, T, method, seeds, config, workdir)
 
-    def snapshot():
-        return dict(states=states, active=active.astype(np.int8), done_at=done_at,
-                    solved_at=solved_at, seconds=seconds, rates=rates, loss=loss,
-                    clock=np.array([updates, train_time]), **best.state())
+    def fields(states, i: int, updates: int) -> dict:
+        hs = states.opt_state
+        return dict(grad_evals=int(hs.grad_evals[i]),
+                    curvature_products=int(hs.curvature_products[i]),
+                    loss_evals=int(hs.loss_evals[i]), final_damping=float(hs.damping[i]),
+                    budget=dict(gradient_batch=protocol.gradient_batch,
+                                curvature_batch=protocol.curvature_batch,
+                                cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
+                                score_on=config.hf_score_on, hidden=config.hidden,
+                                input_scale=protocol.input_scale))
 
-    best = _Best(states.params)
-    active = np.ones(n, bool)
-    done_at = np.zeros(n, np.int64)     # updates when stopped (or at the end)
-    solved_at = np.zeros(n, np.int64)   # updates when first solved (0: not yet)
-    seconds = np.zeros(n)
-    rates, loss = np.full(n, np.nan), np.full(n, np.nan)
-    train_time, updates = 0.0, 0
-    try:
-        saved = saver.restore(snapshot())
-    except ValueError:  # HF programs saved one seed's unstacked state before they vmapped
-        raise cli.ConfigError("workdir", saver.path, "a program state of an earlier version "
-                              "of the table, which this one cannot resume: move it away "
-                              "to start the program afresh") from None
-    if saved is not None:
-        states, done_at, seconds = saved["states"], saved["done_at"], saved["seconds"]
-        solved_at = saved["solved_at"]
-        best.load(saved)
-        active, rates, loss = saved["active"].astype(bool), saved["rates"], saved["loss"]
-        updates, train_time = int(saved["clock"][0]), float(saved["clock"][1])
-    while active.any() and updates < config.max_updates and train_time < 60 * config.max_minutes:
-        t0 = time.perf_counter()
-        mask = jnp.asarray(active)
-        until = _until_check(updates, eval_every, config)
-        for _ in range(min(until, config.max_updates - updates)):
-            states, metrics = step(states, batch_fn(updates), mask)
-            updates += 1
-        loss = np.where(active, np.asarray(metrics["loss"]), loss)
-        train_time += time.perf_counter() - t0
-        done_at[active], seconds[active] = updates, train_time
-        quick = _error_rates(task, predict, states.params, _check_keys(test_keys), T, 1000)
-        rates = np.where(active, quick, rates)
-        for i in np.flatnonzero(active & (quick < synthetic.SUCCESS_ERROR_RATE)):
-            sub = jax.tree.map(lambda x: x[i:i + 1], states.params)
-            parts = _test(task, predict, sub, test_keys[i:i + 1], T, config,
-                          config.test_sequences)[0]
-            rates[i] = _full(parts)
-            best.saw(i, parts, updates, states.params)
-            if synthetic.solved(float(rates[i])) and not solved_at[i]:
-                solved_at[i] = updates
-            active[i] = not _done(float(rates[i]), config)
-        # the current λ and the last ρ say whether HF still takes real steps (a λ that
-        # only grows is stuck)
-        damping = np.asarray(states.opt_state.damping)
-        progress(train_time, updates, rates,
-                 ", λ " + "/".join(f"{d:.3g}" for d in damping)
-                 + ", ρ " + "/".join(f"{r:.2f}" for r in np.asarray(metrics["rho"])))
-        saver(snapshot(), train_time)
-    progress.close()
-    kept = best.kept(states.params)
-    saver.keep(kept)
-    last_rates, rates = rates, best.rates(rates)
-    solved = np.array([synthetic.solved(float(r)) for r in rates])
-    general = (_generalization(task, predict, kept, test_keys, config)
-               if config.generalize_to and solved.any() else None)
-    hs = jax.tree.map(np.asarray, states.opt_state)
-    rows = []
-    for i, seed in enumerate(seeds):
-        row = _row(problem, T, method, seed, config, solved_at[i], solved=bool(solved[i]),
-                   error_rate=float(rates[i]), updates=int(done_at[i]),
-                   train_seconds=round(float(seconds[i]), 1),
-                   compile_seconds=round(compile_seconds, 1), final_loss=float(loss[i]),
-                   grad_evals=int(hs.grad_evals[i]),
-                   curvature_products=int(hs.curvature_products[i]),
-                   loss_evals=int(hs.loss_evals[i]), final_damping=float(hs.damping[i]),
-                   seeds_in_program=n,
-                   budget=dict(max_minutes=config.max_minutes, max_updates=config.max_updates,
-                               stop_error_rate=config.stop_error_rate,
-                               gradient_batch=protocol.gradient_batch,
-                               curvature_batch=protocol.curvature_batch,
-                               cg_iters=protocol.max_cg_iters, mu=protocol.structural_damping,
-                               score_on=config.hf_score_on, hidden=config.hidden,
-                               input_scale=protocol.input_scale))
-        row.update(best.fields(i, done_at[i], last_rates[i]))
-        if best.tested[i] and np.isfinite(best.across[i]):
-            row["train_lengths_error_rate"] = float(best.across[i])
-        if general is not None and solved[i]:
-            row.update(general[i])
-        rows.append(row)
-    return rows, saver
+    # the current λ and the last ρ say whether HF still takes real steps (a λ that only
+    # grows is stuck)
+    note = lambda states, metrics: (
+        ", λ " + "/".join(f"{d:.3g}" for d in np.asarray(states.opt_state.damping))
+        + ", ρ " + "/".join(f"{r:.2f}" for r in np.asarray(metrics["rho"])))
+    return _train_program(
+        _Program(problem, T, method, seeds, task, _predictor(net), test_keys, compile_seconds,
+                 max(1, config.eval_every // 20), fields, note),
+        states, step, batch_fn, config, workdir)
 
 
 def run_cell(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Config,
