@@ -43,7 +43,7 @@ each row's ``train_seconds`` is the program's time when that seed was solved, an
 one seed at a time, which is the default: ``docs/results.md``.)
 With ``--workdir`` a program's state is checkpointed as it trains (a rerun resumes it)
 and its trained networks are kept in ``workdir/networks/<program>/`` (an orbax
-checkpoint; a first-order program stacks its seeds' parameters on a leading axis):
+checkpoint; a program stacks its seeds' parameters on a leading axis, one seed too):
 ``rnnjax.checkpoint.restore(path, template)`` brings them back for further tests.
 ``--min_train_length=50`` with ``--lengths=200`` trains on one length per batch drawn
 from [50, 200] (Pascanu et al.'s protocol; batches are padded to T, which leaves
