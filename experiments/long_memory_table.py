@@ -63,7 +63,7 @@ import re
 import shutil
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -624,12 +624,12 @@ class _Program:
     method: str
     seeds: tuple[int, ...]
     task: synthetic.Task
-    predict: Any
+    predict: Callable
     test_keys: jax.Array
     compile_seconds: float
     eval_every: int
-    fields: Any
-    note: Any = lambda states, metrics: ""
+    fields: Callable[[Any, int, int], dict]
+    note: Callable[[Any, dict], str] = lambda states, metrics: ""
 
 
 def _train_program(p: _Program, states, step, batch_fn, config: Config,
@@ -780,12 +780,10 @@ def run_hf(problem: str, T: int, method: str, seeds: tuple[int, ...], config: Co
     task = synthetic.get(problem)
     init_keys, data_keys, test_keys = (_keys(seeds, i) for i in range(3))
     protocol = hf_protocol(method, config)
-    states, step_fn = [], None
-    for i, seed in enumerate(seeds):
-        _, params, net = build(method, task, config, init_keys[i])
-        state, step_fn = hf_adapter.state_and_step(net, task.kind, params, protocol, seed=seed)
-        states.append(state)
-    states = sweep.stack(states)
+    model, _, net = build(method, task, config, init_keys[0])
+    programs = [hf_adapter.state_and_step(net, task.kind, model.init(init_keys[i]), protocol,
+                                          seed=s) for i, s in enumerate(seeds)]
+    states, step_fn = sweep.stack([state for state, _ in programs]), programs[0][1]
     lengths = Lengths(task, T, config.min_train_length, seeds[0])  # padded to T: one program
     draws = {n: _batches(task, n, lengths.steps)
              for n in {protocol.gradient_batch, protocol.curvature_batch}}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -350,11 +351,11 @@ def test_an_hf_program_state_of_the_one_seed_layout_gets_a_one_line_error(tmp_pa
     and is left where it is."""
     config = tiny(tmp_path / "h.jsonl", methods=("hf",), hf_gradient_batch=40,
                   hf_curvature_batch=20, cg_iters=3)
-    name = "temporal_order-T10-hf-seeds0--minNone"  # the name the program saves under
+    _, saver = table._program("temporal_order", 10, "hf", (0,), config, str(tmp_path / "w"))
     old = dict(states=np.arange(3.0), rates=np.array([0.5]), loss=np.array([0.1]),
                clock=np.array([7, 1.5, 0]))
-    table._Saver(str(tmp_path / "w"), name, config)(old, train_time=1e9)  # saved at once
+    saver(old, train_time=1e9)  # saved at once, where the program looks for its state
     with pytest.raises(cli.ConfigError, match="earlier version"):
         table.run(config, str(tmp_path / "w"))
-    assert (tmp_path / "w" / "programs" / name).is_dir()
+    assert os.path.isdir(saver.path)
     assert not (tmp_path / "h.jsonl").exists()
